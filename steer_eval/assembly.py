@@ -1,0 +1,127 @@
+"""Prompt assembly: the one function that turns (prompt, behaviours, control method, mode) into model input.
+
+Steering tokens sit right after the user's prompt inside the user turn of the chat template:
+[E_prompt, e_b1, e_<and>, e_b2]. Every backend and the trainer build their inputs here.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+
+from steer_eval.behaviors import AND_TOKEN, Behavior, BehaviorError, resolve
+
+CONTROL_METHODS = ("steering", "text", "hybrid")
+MODES = ("composition", "concatenation", "native_and")
+_MARKER = "\uE000STEER\uE000"  # a private-use sentinel no prompt contains; split point of the rendered template
+
+
+@dataclass(frozen=True)
+class AssembledPrompt:
+    """Token ids plus the positions where steering vectors replace the embedding of a placeholder id."""
+    input_ids: tuple[int, ...]
+    slots: tuple[tuple[int, str], ...]  # (position, steering-token name), in order
+    prompt: str
+    behaviors: tuple[str, ...]
+    control_method: str
+    mode: str
+    instruction: str | None  # the instruction text shown to the model, if any
+
+    @property
+    def token_names(self) -> tuple[str, ...]:
+        return tuple(name for _, name in self.slots)
+
+    def describe(self) -> dict:
+        return {"behaviors": list(self.behaviors), "control_method": self.control_method, "mode": self.mode,
+                "steering": list(self.token_names), "instruction": self.instruction}
+
+
+def steering_sequence(behaviors: Sequence[str], mode: str) -> list[str]:
+    """The slot/word sequence after the prompt, e.g. ['german', '<and>', 'words_10_50'] or [..., ' and', ...]."""
+    sequence: list[str] = []
+    for index, behavior in enumerate(behaviors):
+        if index:
+            if mode == "composition":
+                sequence.append(AND_TOKEN)
+            elif mode == "native_and":
+                sequence.append(" and")  # the vocabulary's own word, tokenised as text
+        sequence.append(behavior)
+    return sequence
+
+
+def choose_paraphrase(behavior: Behavior, prompt: str, seed: int) -> str:
+    """A paraphrase picked by hashing (seed, prompt, behaviour): reproducible and independent of call order."""
+    digest = hashlib.sha256(f"{seed}\x00{prompt}\x00{behavior.id}".encode()).digest()
+    return behavior.instructions[int.from_bytes(digest[:8], "big") % len(behavior.instructions)]
+
+
+def join_instructions(instructions: Sequence[str]) -> str:
+    """'Respond in German' + 'Keep it short' -> 'Respond in German and keep it short.'"""
+    parts = [text if i == 0 else text[:1].lower() + text[1:] for i, text in enumerate(instructions)]
+    return " and ".join(parts) + "."
+
+
+def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise BehaviorError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+
+
+def assemble(prompt: str, behaviors: Sequence[str], tokenizer, *, control_method: str = "steering",
+             mode: str = "composition", paraphrase_seed: int = 0,
+             instructions: Sequence[str] | None = None, system_prompt: str | None = None) -> AssembledPrompt:
+    """Build the model input for one prompt.
+
+    `instructions` overrides the paraphrase choice (one per behaviour); otherwise `paraphrase_seed` picks them.
+    Text instructions follow the prompt after a blank line; in hybrid, the steering tokens come first.
+    """
+    _check_choice("control method", control_method, CONTROL_METHODS)
+    _check_choice("mode", mode, MODES)
+    resolved = resolve(behaviors)
+    instruction = None
+    if control_method in ("text", "hybrid") and resolved:
+        if instructions is None:
+            instructions = [choose_paraphrase(b, prompt, paraphrase_seed) for b in resolved]
+        if len(instructions) != len(resolved):
+            raise BehaviorError(f"{len(instructions)} instructions given for {len(resolved)} behaviours")
+        instruction = join_instructions(instructions)
+
+    content = prompt + _MARKER + (f"\n\n{instruction}" if instruction else "")
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": content}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    before, after = rendered.split(_MARKER)
+
+    ids = list(tokenizer.encode(before, add_special_tokens=False))
+    slots: list[tuple[int, str]] = []
+    if control_method in ("steering", "hybrid"):
+        placeholder = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
+        for item in steering_sequence([b.id for b in resolved], mode):
+            if item.startswith(" "):
+                ids.extend(tokenizer.encode(item, add_special_tokens=False))
+            else:
+                slots.append((len(ids), item))
+                ids.append(placeholder)
+    ids.extend(tokenizer.encode(after, add_special_tokens=False))
+    return AssembledPrompt(tuple(ids), tuple(slots), prompt, tuple(b.id for b in resolved),
+                           control_method, mode, instruction)
+
+
+def embed(assembled: AssembledPrompt, embedding_weight: torch.Tensor,
+          vectors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """(seq_len, hidden) input embeddings: the ids' rows with each slot replaced by its steering vector.
+
+    Differentiable in `vectors` (the trainer passes its parameters here).
+    """
+    ids = torch.tensor(assembled.input_ids, device=embedding_weight.device)
+    rows = embedding_weight[ids]
+    if not assembled.slots:
+        return rows
+    missing = [name for name in assembled.token_names if name not in vectors]
+    if missing:
+        raise KeyError(f"no steering vector for {', '.join(missing)}")
+    positions = torch.tensor([pos for pos, _ in assembled.slots], device=embedding_weight.device)
+    replacement = torch.stack([vectors[name].to(embedding_weight.device, embedding_weight.dtype)
+                               for name in assembled.token_names])
+    return rows.index_put((positions,), replacement)

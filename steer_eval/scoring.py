@@ -1,0 +1,33 @@
+"""Judging a response against ordered behaviours; the verdict carries the scorer spec that produced it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from steer_eval import __version__
+from steer_eval.behaviors import Behavior, resolve
+from steer_eval.verifiers import run_verifier
+
+
+@dataclass(frozen=True)
+class Verdict:
+    per_behavior: dict[str, bool]
+
+    @property
+    def followed(self) -> bool:
+        """A composition is followed only when every behaviour's verifier holds."""
+        return all(self.per_behavior.values())
+
+    def as_dict(self) -> dict:
+        return {"followed": self.followed, "per_behavior": dict(self.per_behavior)}
+
+
+def verify(behaviors: Sequence[str | Behavior], text: str) -> Verdict:
+    resolved = resolve([b.id if isinstance(b, Behavior) else b for b in behaviors])
+    return Verdict({b.id: run_verifier(b.verifier, text, b.params) for b in resolved})
+
+
+def scorer_spec(behaviors: Sequence[str]) -> dict:
+    """Written next to every result so any number can be regenerated: which verifier, which parameters."""
+    return {"scorer": "steer_eval.scoring.verify", "version": __version__,
+            "verifiers": [b.spec() for b in resolve(behaviors)]}

@@ -1,0 +1,67 @@
+"""The CLI contract, run through the installed console script in a subprocess."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = str(Path(sys.executable).parent / "steer-eval")
+
+
+def cli(*args, check=True):
+    result = subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_behaviors_json():
+    rows = json.loads(cli("behaviors", "--json").stdout)
+    assert {"id", "category", "unseen"} <= set(rows[0])
+    assert {r["id"] for r in rows if r["unseen"]} == {"german", "title_case", "words_70_90", "sentences_3"}
+
+
+def test_verify_prints_one_verdict():
+    text = "Das Wetter ist heute sehr schön und wir gehen später im Park spazieren."
+    out = json.loads(cli("verify", "--behavior", "german", "--behavior", "words_10_50", "--text", text).stdout)
+    assert out == {"followed": True, "per_behavior": {"german": True, "words_10_50": True}}
+    out = json.loads(cli("verify", "--behavior", "uppercase", "--text", text).stdout)
+    assert out == {"followed": False, "per_behavior": {"uppercase": False}}
+
+
+@pytest.mark.parametrize("args, message", [
+    (("verify", "--behavior", "klingon", "--text", "x"), "unknown behaviour 'klingon'; known behaviours: german"),
+    (("verify", "--behavior", "german", "--behavior", "french", "--text", "x"), "both language behaviours"),
+    (("models", "fetch", "gpt-9"), "unknown embedded model"),
+])
+def test_user_errors_exit_2_without_traceback(args, message):
+    result = cli(*args, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_models_fetch_prints_the_folder(default_model_dir):
+    assert cli("models", "fetch", "smollm2-135m").stdout.strip().splitlines()[-1] == str(default_model_dir)
+
+
+def test_generate_text_and_missing_tokens(tiny_model_dir, tmp_path):
+    out = cli("generate", "--model", str(tiny_model_dir), "--control-method", "text", "--steering", "german",
+              "--prompt", "Why do cats purr?", "--max-new-tokens", "5", "--verify").stdout.strip().splitlines()
+    assert json.loads(out[-1])["per_behavior"].keys() == {"german"}
+    result = cli("generate", "--model", str(tiny_model_dir), "--tokens-dir", str(tmp_path), "--steering", "german",
+                 "<and>", "words_10_50", "--prompt", "Hi", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "composition mode needs a trained <and>" in result.stderr
+
+
+def test_infer_writes_records_and_resumes(tiny_model_dir, tmp_path):
+    output = tmp_path / "out.jsonl"
+    args = ("infer", "--model_path", str(tiny_model_dir), "--steering", "german", "--control-method", "text",
+            "--limit", "3", "--max-new-tokens", "4", "--silent", "--output", str(output))
+    summary = json.loads(cli(*args).stdout)
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert summary["n"] == 3 and len(records) == 3
+    assert {"prompt", "response", "followed", "per_behavior", "scorer", "instruction"} <= set(records[0])
+    cli(*args)
+    assert len(output.read_text().splitlines()) == 3  # resumed: nothing generated twice
