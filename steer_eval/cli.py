@@ -73,6 +73,34 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--output", default=None, help="JSONL file for the records (resumes if it exists)")
     infer.add_argument("--silent", action="store_true", help="no per-prompt printing")
     _add_generation_options(infer)
+
+    grid = commands.add_parser("grid", help="every order of every combination, on Ray actors or in-process")
+    grid.add_argument("--model", "--model_path", dest="model", default=DEFAULT_MODEL)
+    grid.add_argument("--backend", choices=("hf", "vllm"), default="vllm")
+    grid.add_argument("--tokens-dir", "--tokens_dir", dest="tokens_dir", default=None)
+    grid.add_argument("--control-method", "--control_method", dest="control_methods", nargs="+",
+                      choices=("steering", "text", "hybrid"), default=["steering"])
+    grid.add_argument("--mode", dest="modes", nargs="+", choices=("composition", "concatenation", "native_and"),
+                      default=["composition"])
+    grid.add_argument("--k", "--token_combinations", dest="ks", nargs="+", type=int, default=[1, 2],
+                      choices=(1, 2, 3, 4), help="numbers of behaviours to compose")
+    grid.add_argument("--combination", action="append", default=None, metavar="B1+B2",
+                      help="only these combinations (repeatable), e.g. german+words_10_50")
+    grid.add_argument("--max-combinations", type=int, default=None, help="seeded subsample per k")
+    grid.add_argument("--data_path", "--data-path", dest="data_path", default="bundled")
+    grid.add_argument("--num-prompts", "--num_samples", dest="num_prompts", type=int, default=50)
+    grid.add_argument("--output-dir", required=True, help="records.jsonl and summary go here (resumable)")
+    grid.add_argument("--actors", type=int, default=0, help="Ray actors, one backend each (0: in this process)")
+    grid.add_argument("--address", default=None, help="Ray cluster address, e.g. auto (default: local Ray)")
+    grid.add_argument("--chunk-size", type=int, default=64)
+    grid.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=256)
+    grid.add_argument("--seed", type=int, default=0)
+    grid.add_argument("--temperature", type=float, default=0.0)
+
+    analyze = commands.add_parser("analyze", help="tables and plots from grid or infer records")
+    analyze.add_argument("records", help="a records JSONL file or a grid output directory")
+    analyze.add_argument("--plot", default=None, help="write a PNG with accuracy and order variance by k")
+    analyze.add_argument("--json", action="store_true", help="print the summaries as JSON")
     return parser
 
 
@@ -108,6 +136,10 @@ def run(args) -> int:
         from steer_eval.models import fetch
         print(fetch(args.name))
         return 0
+    if args.command == "grid":
+        return _grid(args)
+    if args.command == "analyze":
+        return _analyze(args)
     behaviors, mode = parse_steering(args.steering, args.mode)
     if args.command == "generate":
         from steer_eval.scoring import verify
@@ -124,6 +156,47 @@ def run(args) -> int:
                             control_method=args.control_method, mode=mode, config=_generation_config(args),
                             limit=args.limit, output=args.output, silent=args.silent)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _grid(args) -> int:
+    from steer_eval.grid import build_grid
+    from steer_eval.prompts import load_prompts
+    from steer_eval.report import group_summaries, markdown_table
+    from steer_eval.runner import BackendSpec, run_grid
+
+    only = [c.split("+") for c in args.combination] if args.combination else None
+    prompts = load_prompts(args.data_path)[:args.num_prompts]
+    items = build_grid(prompts, args.ks, args.control_methods, args.modes, args.max_combinations, args.seed, only)
+    if not items:
+        raise BehaviorError("the grid is empty: check --k against --combination")
+    spec = BackendSpec(args.backend, args.model, args.tokens_dir)
+    records = run_grid(items, spec, _generation_config(args), args.output_dir, actors=args.actors,
+                       address=args.address, chunk_size=args.chunk_size)
+    print(markdown_table(group_summaries(records)))
+    return 0
+
+
+def _analyze(args) -> int:
+    from pathlib import Path
+
+    from steer_eval.inference import read_records
+    from steer_eval.report import group_summaries, markdown_table, plot
+    from steer_eval.runner import RECORDS_FILE
+
+    path = Path(args.records)
+    path = path / RECORDS_FILE if path.is_dir() else path
+    records = read_records(path)
+    if not records:
+        raise PromptFileError(f"no records in {path}")
+    summaries = group_summaries(records)
+    if args.json:
+        print(json.dumps([{"control_method": c, "mode": m, "k": k, **s} for (c, m, k), s in summaries.items()],
+                         indent=2))
+    else:
+        print(markdown_table(summaries))
+    if args.plot:
+        print(f"plot written to {plot(summaries, args.plot)}", file=sys.stderr)
     return 0
 
 

@@ -65,3 +65,15 @@ def test_infer_writes_records_and_resumes(tiny_model_dir, tmp_path):
     assert {"prompt", "response", "followed", "per_behavior", "scorer", "instruction"} <= set(records[0])
     cli(*args)
     assert len(output.read_text().splitlines()) == 3  # resumed: nothing generated twice
+
+
+def test_grid_then_analyze_with_plot(tiny_model_dir, tmp_path):
+    out = tmp_path / "grid"
+    table = cli("grid", "--model", str(tiny_model_dir), "--backend", "hf", "--control-method", "text", "--k", "1", "2",
+                "--combination", "spanish+lowercase", "--combination", "spanish", "--num-prompts", "2",
+                "--max-new-tokens", "3", "--output-dir", str(out)).stdout
+    assert "| text | composition | 2 | 4 | 1 |" in table
+    summaries = json.loads(cli("analyze", str(out), "--json", "--plot", str(tmp_path / "plot.png")).stdout)
+    assert [(s["k"], s["generations"]) for s in summaries] == [(1, 2), (2, 4)]
+    assert all(0 <= s["all"]["accuracy"] <= 1 for s in summaries)
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"

@@ -27,7 +27,8 @@ class GenerationConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready (lists, not tuples), so a record read back from disk equals the one written."""
+        return {**asdict(self), "stop": list(self.stop)}
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
