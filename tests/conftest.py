@@ -22,11 +22,13 @@ def tokenizer(default_model_dir):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
-    """A 2-layer random Llama with the default model's tokenizer (so chat templates are real), saved as a folder."""
+    """A 2-layer random Llama with the default model's tokenizer (so chat templates are real), saved as a folder.
+
+    Head size 32: the smallest vLLM's CPU attention supports."""
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
                          tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     model = LlamaForCausalLM(config)
     folder = tmp_path_factory.mktemp("tiny-llama")
@@ -45,3 +47,49 @@ def tiny_hf(tiny_model_dir, tmp_path_factory):
 def default_hf(default_model_dir, tmp_path_factory):
     from steer_eval.backends.hf import HFBackend
     return HFBackend("smollm2-135m", tokens_dir=os.environ.get("STEER_EVAL_TEST_TOKENS"), batch_size=16)
+
+
+class OneVLLMEngine:
+    """vLLM engines are heavy on this shared machine: activating one backend shuts the others' engines down."""
+
+    def __init__(self):
+        self.backends = {}
+
+    def activate(self, key, make):
+        if key not in self.backends:
+            self.backends[key] = make()
+        for other_key, backend in self.backends.items():
+            if other_key != key:
+                backend.shutdown()
+        return self.backends[key]
+
+    def close(self):
+        for backend in self.backends.values():
+            backend.shutdown()
+
+
+@pytest.fixture(scope="session")
+def vllm_engines():
+    engines = OneVLLMEngine()
+    yield engines
+    engines.close()
+
+
+VLLM_TEST_SETTINGS = {"dtype": "float32", "kv_cache_memory_bytes": 512 * 1024 ** 2}  # fp32 as the HF backend on CPU
+
+
+@pytest.fixture
+def vllm_default(vllm_engines, default_model_dir):
+    """The default model in the vLLM backend; one engine per session (others are shut down while it runs)."""
+    from steer_eval.backends.vllm import VLLMBackend
+    return vllm_engines.activate("default", lambda: VLLMBackend(
+        "smollm2-135m", tokens_dir=os.environ.get("STEER_EVAL_TEST_TOKENS"), max_model_len=1024,
+        **VLLM_TEST_SETTINGS))
+
+
+@pytest.fixture
+def vllm_tiny(vllm_engines, tiny_model_dir, tmp_path_factory):
+    from steer_eval.backends.vllm import VLLMBackend
+    return vllm_engines.activate("tiny", lambda: VLLMBackend(
+        str(tiny_model_dir), tokens_dir=tmp_path_factory.mktemp("tiny-vllm-tokens"), max_model_len=512,
+        **VLLM_TEST_SETTINGS))
