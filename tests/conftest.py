@@ -37,6 +37,36 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     return folder
 
 
+def _write_random_tokens(directory, model_label: str, embedding_weight: torch.Tensor, seed: int = 0) -> Path:
+    """Random steering tokens (every behaviour and <and>) saved through the token store, as training would."""
+    from steer_eval.behaviors import AND_TOKEN, BEHAVIORS
+    from steer_eval.tokens import ModelIdentity, SteeringToken, TokenStore
+    identity = ModelIdentity.of(model_label, embedding_weight)
+    generator = torch.Generator().manual_seed(seed)
+    scale = embedding_weight.float().std().item()
+    store = TokenStore(directory)
+    for name in [*BEHAVIORS, AND_TOKEN]:
+        vector = torch.randn(identity.hidden_size, generator=generator) * scale
+        store.save(SteeringToken(name, vector, (name,), identity))
+    return store.directory
+
+
+@pytest.fixture(scope="session")
+def write_random_tokens():
+    """write_random_tokens(directory, model_label, embedding_weight) -> directory."""
+    return _write_random_tokens
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    from safetensors.torch import load_file
+
+    from steer_eval.models import model_label
+    embedding = load_file(tiny_model_dir / "model.safetensors")["model.embed_tokens.weight"]
+    return _write_random_tokens(tmp_path_factory.mktemp("tiny-random-tokens"), model_label(str(tiny_model_dir)),
+                                embedding)
+
+
 @pytest.fixture(scope="session")
 def tiny_hf(tiny_model_dir, tmp_path_factory):
     from steer_eval.backends.hf import HFBackend

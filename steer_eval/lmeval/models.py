@@ -1,0 +1,266 @@
+"""lm-eval model classes `steering_hf` and `steering_vllm`: thin adapters from lm-eval requests to a backend.
+
+Every prompt is built by `assemble()`. On steer-eval tasks (tasks/) the behaviours, their order and the
+instruction paraphrases come from the document (`Instance.doc`); on any other task from the `steering` model
+argument (e.g. `steering=german+<and>+words_10_50`). Steering tokens sit inside the user turn of the chat
+template, so these classes always render it: a chat that lm-eval had rendered through `apply_chat_template`
+(`--apply_chat_template`) is mapped back to its system and user turns and assembled the same way.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from collections import defaultdict
+from typing import Sequence
+
+from lm_eval.api.model import LM
+from lm_eval.utils import simple_parse_args_string
+
+from steer_eval.assembly import CONTROL_METHODS, MODES, AssembledPrompt, assemble
+from steer_eval.backends.base import GenerationConfig
+from steer_eval.behaviors import AND_TOKEN, BehaviorError, resolve
+from steer_eval.cli import parse_steering
+from steer_eval.lmeval.tasks import SteeredResponse
+from steer_eval.models import DEFAULT_MODEL, ModelError, resolve_model_path
+
+log = logging.getLogger(__name__)
+
+
+def _load_class(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _parse_steering(steering: str | None, mode: str | None) -> tuple[list[str], str]:
+    """'german+<and>+words_10_50' -> (['german', 'words_10_50'], 'composition'); '+' separates items."""
+    items = [item.strip() for item in steering.split("+")] if steering else []
+    if any(not item for item in items):
+        raise BehaviorError(f"steering={steering!r} has an empty item; write e.g. steering=german+{AND_TOKEN}+words_10_50")
+    return parse_steering(items, mode)
+
+
+class SteeringLM(LM):
+    """What both model classes share: request -> assembled prompt -> backend -> response with its setting."""
+
+    backend_path: str  # "module:Class" of the SteeringBackend subclass
+
+    def __init__(self, pretrained: str = DEFAULT_MODEL, tokens_dir: str | None = None,
+                 control_method: str = "steering", mode: str | None = None, steering: str | None = None,
+                 max_gen_toks: int = 256, seed: int = 0, data_parallel_size: int = 1, max_length: int | None = None,
+                 backend=None, **backend_kwargs):
+        """`backend`: an already loaded backend to wrap (a notebook's, or a test session's shared one)."""
+        super().__init__()
+        if control_method not in CONTROL_METHODS:
+            raise BehaviorError(f"unknown control_method {control_method!r}; choose one of {', '.join(CONTROL_METHODS)}")
+        if mode is not None and mode not in MODES:
+            raise BehaviorError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.pretrained = str(pretrained)
+        self.control_method = control_method
+        self.mode = mode or "composition"  # for documents; the fixed list carries its own (see parse_steering)
+        self.fixed_behaviors, self.fixed_mode = _parse_steering(steering, mode)
+        resolve(self.fixed_behaviors)  # unknown ids and conflicts fail here, not after the model has loaded
+        self.max_gen_toks = int(max_gen_toks)
+        self.seed = int(seed)
+        self.data_parallel_size = int(data_parallel_size)
+        kwargs = {"model_spec": self.pretrained, "tokens_dir": tokens_dir, **self.backend_options(**backend_kwargs)}
+        if backend is not None:
+            self.backend = backend
+        elif self.data_parallel_size > 1:
+            from steer_eval.lmeval.ray_pool import BackendPool
+            self.backend = BackendPool(self.backend_path, kwargs, self.data_parallel_size)
+        else:
+            self.backend = self.backend_class()(**kwargs)
+        self.tokenizer = self.backend.tokenizer
+        self.max_length = int(max_length) if max_length else self._model_context_length()
+        self._rendered_chats: dict[str, list[dict]] = {}
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None):
+        # lm-eval adds run-wide options (--batch_size, which defaults to 1, --device); model_args win, where
+        # lm-eval's own classes would fail on the duplicate keyword.
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    # --- subclass hooks ----------------------------------------------------------------------------------
+    def backend_class(self):
+        return _load_class(self.backend_path)
+
+    def backend_options(self, **kwargs) -> dict:
+        raise NotImplementedError
+
+    # --- prompt building ---------------------------------------------------------------------------------
+    def _model_context_length(self) -> int | None:
+        from transformers import AutoConfig
+        config = AutoConfig.from_pretrained(resolve_model_path(self.pretrained))
+        return getattr(config, "max_position_embeddings", None)
+
+    def _turns(self, context: str) -> tuple[str | None, str]:
+        """(system prompt, user prompt) of a context; contexts from apply_chat_template are unrendered."""
+        chat = self._rendered_chats.get(context)
+        if chat is None:
+            return None, context
+        roles = [message["role"] for message in chat]
+        if roles == ["user"]:
+            return None, chat[0]["content"]
+        if roles == ["system", "user"]:
+            return chat[0]["content"], chat[1]["content"]
+        raise BehaviorError(f"steering models read one user turn (after an optional system prompt), got turns {roles}; "
+                            "run without --fewshot_as_multiturn and without a task gen_prefix")
+
+    def _behaviors(self, doc) -> tuple[list[str], str, list[str] | None]:
+        """(ordered behaviours, mode, instruction paraphrases or None) for one request's document."""
+        if doc and "behaviors" in doc and "prompt" in doc:  # a steer-eval task document
+            return list(doc["behaviors"]), self.mode, doc.get("instructions")
+        return self.fixed_behaviors, self.fixed_mode, None
+
+    def assembled(self, request) -> AssembledPrompt:
+        doc = request.doc
+        behaviors, mode, instructions = self._behaviors(doc)
+        if doc and "behaviors" in doc and "prompt" in doc:
+            system, user = None, doc["prompt"]
+        else:
+            system, user = self._turns(request.args[0])
+        return assemble(user, behaviors, self.tokenizer, control_method=self.control_method, mode=mode,
+                        paraphrase_seed=self.seed, instructions=instructions, system_prompt=system)
+
+    def _setting(self, prompt: AssembledPrompt) -> dict:
+        return {**prompt.describe(), "backend": self.backend.name, "model": self.pretrained}
+
+    def generation_config(self, gen_kwargs: dict) -> GenerationConfig:
+        """lm-eval's gen_kwargs (until, max_gen_toks, do_sample, temperature, top_p) as a GenerationConfig."""
+        kwargs = dict(gen_kwargs or {})
+        until = kwargs.pop("until", None) or []
+        until = [until] if isinstance(until, str) else list(until)
+        max_new_tokens = int(kwargs.pop("max_gen_toks", self.max_gen_toks))
+        do_sample = kwargs.pop("do_sample", None)
+        temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
+        if do_sample is False:
+            temperature = 0.0
+        elif do_sample and temperature == 0.0:
+            temperature = 1.0  # sampling asked for without a temperature: the model's plain distribution
+        top_p = float(kwargs.pop("top_p", 1.0))
+        if kwargs:
+            log.warning("steering models ignore these generation kwargs: %s", sorted(kwargs))
+        return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                seed=self.seed, stop=tuple(until))
+
+    # --- lm-eval API -------------------------------------------------------------------------------------
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        prompts = [self.assembled(request) for request in requests]
+        by_config: dict[GenerationConfig, list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            by_config[self.generation_config(request.args[1])].append(index)
+        responses: list[str] = [""] * len(requests)
+        for config, indices in by_config.items():
+            texts = self.backend.generate([prompts[i] for i in indices], config, progress=not disable_tqdm)
+            for index, text in zip(indices, texts):
+                responses[index] = SteeredResponse(text, self._setting(prompts[index]))
+                self.cache_hook.add_partial("generate_until", requests[index].args, responses[index])
+        return responses
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """log p(continuation | assembled prompt): the continuation is scored as the start of the reply."""
+        pairs = [(self.assembled(request), request.args[1]) for request in requests]
+        results = self.backend.loglikelihood(pairs)
+        for request, result in zip(requests, results):
+            self.cache_hook.add_partial("loglikelihood", request.args, result)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Whole-text log-likelihood.
+
+        With no behaviours in play this is lm-eval's definition (the text conditioned on the BOS token, as
+        `--model hf` computes it); with behaviours, the text is scored as the reply to a user turn that holds
+        only the steering (or instruction), so steering's effect on the text's likelihood is what is measured.
+        """
+        prefix_id = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
+        pairs = []
+        for request in requests:
+            text = request.args[0]
+            behaviors, mode, _ = self._behaviors(request.doc)
+            if behaviors or self.control_method != "steering":
+                context = assemble("", behaviors, self.tokenizer, control_method=self.control_method, mode=mode,
+                                   paraphrase_seed=self.seed)
+            else:
+                context = AssembledPrompt((prefix_id,), (), "", (), self.control_method, mode, None)
+            length = len(context.input_ids) + len(self.tokenizer.encode(text, add_special_tokens=False))
+            if self.max_length and length > self.max_length:
+                raise ModelError(f"loglikelihood_rolling: a document of {length} tokens (with its context) exceeds "
+                                 f"the model's context of {self.max_length}; steering models score whole documents "
+                                 "only, so use a task with shorter documents")
+            pairs.append((context, text))
+        results = [total for total, _ in self.backend.loglikelihood(pairs)]
+        for request, result in zip(requests, results):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, result)
+        return results
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        rendered = self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+        self._rendered_chats[rendered] = [dict(message) for message in chat_history]
+        return rendered
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name_or_path.replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return self.tokenizer.chat_template
+
+
+def _batch_size(value) -> int:
+    """lm-eval's --batch_size may be 'auto' or 'auto:N'; the HF backend takes a fixed size."""
+    return int(value) if str(value).isdigit() else 16
+
+
+class SteeringHFLM(SteeringLM):
+    """`--model steering_hf`: Hugging Face transformers, steering vectors through `inputs_embeds`."""
+
+    backend_path = "steer_eval.backends.hf:HFBackend"
+
+    def backend_options(self, batch_size=16, device=None, dtype: str = "auto", max_batch_size=None,
+                        tensor_parallel_size: int = 1, **unknown) -> dict:
+        if unknown:
+            raise TypeError(f"steering_hf does not take model_args {sorted(unknown)}; it takes pretrained, tokens_dir, "
+                            "control_method, mode, steering, batch_size, max_gen_toks, seed, device, dtype, "
+                            "data_parallel_size, max_length")
+        if int(tensor_parallel_size) != 1:
+            raise TypeError("steering_hf runs one model copy per process; use steering_vllm for tensor_parallel_size > 1")
+        if device and str(device).startswith("cuda"):
+            import torch
+            if not torch.cuda.is_available():  # lm-eval's --device defaults to cuda; fall back as its hf class does
+                log.warning("device %s is not available; using cpu", device)
+                device = "cpu"
+        return {"device": device, "dtype": dtype, "batch_size": _batch_size(batch_size)}
+
+
+class SteeringVLLMLM(SteeringLM):
+    """`--model steering_vllm`: one long-lived vLLM engine (per data-parallel actor), steering through prompt
+    embeddings. Model arguments it does not know itself go to the engine (e.g. enforce_eager=True)."""
+
+    backend_path = "steer_eval.backends.vllm:VLLMBackend"
+
+    def backend_class(self):
+        try:
+            return super().backend_class()
+        except ImportError as error:
+            raise ModelError(f"steering_vllm needs the vLLM backend (steer_eval.backends.vllm) and vLLM: {error}; "
+                             "install them (scripts/setup.sh) or use --model steering_hf") from None
+
+    def backend_options(self, batch_size=None, device=None, max_batch_size=None, tensor_parallel_size: int = 1,
+                        max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
+                        **engine_kwargs) -> dict:
+        # vLLM schedules its own batches; lm-eval's batch_size and device do not apply.
+        options = {"seed": self.seed, "tensor_parallel_size": int(tensor_parallel_size), **engine_kwargs}
+        if max_model_len is not None:
+            options["max_model_len"] = int(max_model_len)
+        if gpu_memory_utilization is not None:
+            options["gpu_memory_utilization"] = float(gpu_memory_utilization)
+        return options
+
+    def _model_context_length(self) -> int | None:
+        return getattr(self.backend, "max_model_len", None) or super()._model_context_length()

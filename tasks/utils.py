@@ -1,0 +1,22 @@
+"""Glue between the task YAML files and steer_eval.lmeval.tasks (documents, per-sample scores, aggregations)."""
+import datasets
+
+from steer_eval.lmeval.tasks import (best_order_accuracy, documents, mean_where_applicable,  # noqa: F401
+                                     order_variance, order_variance_max, score, single_setting)
+
+
+def load_docs(steer_task: str, **_metadata) -> dict:
+    # lm-eval passes the task metadata and the model arguments along with dataset_kwargs; only steer_task matters.
+    return {"test": datasets.Dataset.from_list(documents(steer_task))}
+
+
+def process_single(doc, results):
+    return score(doc, results[0])
+
+
+def process_by_category(doc, results):
+    return score(doc, results[0], per_category=True)
+
+
+def process_compose(doc, results):
+    return score(doc, results[0], per_category=True, orders=True)
