@@ -12,6 +12,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from steer_eval.assembly import AssembledPrompt
 from steer_eval.backends.base import GenerationConfig, SteeringBackend
 from steer_eval.grid import GridItem, record_key
 from steer_eval.inference import append_jsonl, evaluate, read_records
@@ -44,6 +45,16 @@ class GridWorker:
     def run(self, requests: Sequence[tuple], config: GenerationConfig) -> list[dict]:
         return evaluate(self.backend, requests, config)
 
+    # What BackendPool forwards (lm-eval's data_parallel_size).
+    def describe(self) -> tuple[str, object]:
+        return self.backend.name, self.backend.tokenizer
+
+    def generate(self, prompts: Sequence[AssembledPrompt], config: GenerationConfig) -> list[str]:
+        return self.backend.generate(prompts, config, progress=False)
+
+    def loglikelihood(self, requests: Sequence[tuple[AssembledPrompt, str]]) -> list[tuple[float, bool]]:
+        return self.backend.loglikelihood(requests)
+
 
 def _chunks(items: Sequence[GridItem], size: int) -> list[list[tuple]]:
     return [[item.request() for item in items[i:i + size]] for i in range(0, len(items), size)]
@@ -56,14 +67,21 @@ def _run_in_process(chunks, spec, config, sink, bar) -> None:
         bar.update(len(chunk))
 
 
-def _run_on_ray(chunks, spec, config, sink, bar, actors: int, address: str | None) -> None:
+def _start_workers(spec: BackendSpec, actors: int, address: str | None) -> list:
     import ray
     import torch
 
     ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     gpus = 1 if (ray.cluster_resources().get("GPU", 0) > 0 or torch.cuda.is_available()) else 0
+    gpus *= int(spec.options.get("tensor_parallel_size", 1))
     Worker = ray.remote(num_gpus=gpus, num_cpus=0 if gpus else 1)(GridWorker)
-    workers = [Worker.remote(spec) for _ in range(actors)]
+    return [Worker.remote(spec) for _ in range(actors)]
+
+
+def _run_on_ray(chunks, spec, config, sink, bar, actors: int, address: str | None) -> None:
+    import ray
+
+    workers = _start_workers(spec, actors, address)
     pending: dict = {}
     queue = list(chunks)
     # Two chunks in flight per actor keep each engine busy while the driver writes results.
@@ -83,6 +101,47 @@ def _run_on_ray(chunks, spec, config, sink, bar, actors: int, address: str | Non
     finally:
         for worker in workers:
             ray.kill(worker)
+
+
+def _shards(items: Sequence, count: int) -> list[Sequence]:
+    """Contiguous, nearly equal slices, so results concatenate back in input order."""
+    size, extra = divmod(len(items), count)
+    bounds = [0]
+    for index in range(count):
+        bounds.append(bounds[-1] + size + (index < extra))
+    return [items[bounds[i]:bounds[i + 1]] for i in range(count)]
+
+
+class BackendPool:
+    """Looks like one backend (generate, loglikelihood, name, tokenizer); each call is split across Ray actors
+    that built their backend once and keep it for the pool's life (lm-eval's data_parallel_size)."""
+
+    def __init__(self, spec: BackendSpec, actors: int, address: str | None = None):
+        import ray
+
+        self.workers = _start_workers(spec, actors, address)
+        self.name, self.tokenizer = ray.get(self.workers[0].describe.remote())
+
+    def _map(self, method: str, items: Sequence, *args) -> list:
+        import ray
+
+        shards = _shards(list(items), len(self.workers))
+        futures = [getattr(worker, method).remote(shard, *args) for worker, shard in zip(self.workers, shards) if shard]
+        return [result for part in ray.get(futures) for result in part]
+
+    def generate(self, prompts: Sequence[AssembledPrompt], config: GenerationConfig = GenerationConfig(),
+                 progress: bool = True) -> list[str]:
+        return self._map("generate", prompts, config)
+
+    def loglikelihood(self, requests: Sequence[tuple[AssembledPrompt, str]]) -> list[tuple[float, bool]]:
+        return self._map("loglikelihood", requests)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for worker in self.workers:
+            ray.kill(worker)
+        self.workers = []
 
 
 def run_grid(items: Sequence[GridItem], spec: BackendSpec, config: GenerationConfig, output_dir: str | Path, *,

@@ -8,7 +8,6 @@ template, so these classes always render it: a chat that lm-eval had rendered th
 """
 from __future__ import annotations
 
-import importlib
 import logging
 from collections import defaultdict
 from typing import Sequence
@@ -22,13 +21,9 @@ from steer_eval.behaviors import AND_TOKEN, BehaviorError, resolve
 from steer_eval.cli import parse_steering
 from steer_eval.lmeval.tasks import SteeredResponse
 from steer_eval.models import DEFAULT_MODEL, ModelError, resolve_model_path
+from steer_eval.runner import BackendPool, BackendSpec
 
 log = logging.getLogger(__name__)
-
-
-def _load_class(path: str):
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def _parse_steering(steering: str | None, mode: str | None) -> tuple[list[str], str]:
@@ -42,7 +37,7 @@ def _parse_steering(steering: str | None, mode: str | None) -> tuple[list[str], 
 class SteeringLM(LM):
     """What both model classes share: request -> assembled prompt -> backend -> response with its setting."""
 
-    backend_path: str  # "module:Class" of the SteeringBackend subclass
+    backend_name: str  # hf | vllm, as the grid runner's BackendSpec names them
 
     def __init__(self, pretrained: str = DEFAULT_MODEL, tokens_dir: str | None = None,
                  control_method: str = "steering", mode: str | None = None, steering: str | None = None,
@@ -62,14 +57,14 @@ class SteeringLM(LM):
         self.max_gen_toks = int(max_gen_toks)
         self.seed = int(seed)
         self.data_parallel_size = int(data_parallel_size)
-        kwargs = {"model_spec": self.pretrained, "tokens_dir": tokens_dir, **self.backend_options(**backend_kwargs)}
+        spec = BackendSpec(self.backend_name, self.pretrained, None if tokens_dir is None else str(tokens_dir),
+                           self.backend_options(**backend_kwargs))
         if backend is not None:
             self.backend = backend
         elif self.data_parallel_size > 1:
-            from steer_eval.lmeval.ray_pool import BackendPool
-            self.backend = BackendPool(self.backend_path, kwargs, self.data_parallel_size)
+            self.backend = BackendPool(spec, self.data_parallel_size)
         else:
-            self.backend = self.backend_class()(**kwargs)
+            self.backend = self.build_backend(spec)
         self.tokenizer = self.backend.tokenizer
         self.max_length = int(max_length) if max_length else self._model_context_length()
         self._rendered_chats: dict[str, list[dict]] = {}
@@ -86,8 +81,8 @@ class SteeringLM(LM):
         return cls(**arg_dict, **extra)
 
     # --- subclass hooks ----------------------------------------------------------------------------------
-    def backend_class(self):
-        return _load_class(self.backend_path)
+    def build_backend(self, spec: BackendSpec):
+        return spec.build()
 
     def backend_options(self, **kwargs) -> dict:
         raise NotImplementedError
@@ -220,7 +215,7 @@ def _batch_size(value) -> int:
 class SteeringHFLM(SteeringLM):
     """`--model steering_hf`: Hugging Face transformers, steering vectors through `inputs_embeds`."""
 
-    backend_path = "steer_eval.backends.hf:HFBackend"
+    backend_name = "hf"
 
     def backend_options(self, batch_size=16, device=None, dtype: str = "auto", max_batch_size=None,
                         tensor_parallel_size: int = 1, **unknown) -> dict:
@@ -242,11 +237,11 @@ class SteeringVLLMLM(SteeringLM):
     """`--model steering_vllm`: one long-lived vLLM engine (per data-parallel actor), steering through prompt
     embeddings. Model arguments it does not know itself go to the engine (e.g. enforce_eager=True)."""
 
-    backend_path = "steer_eval.backends.vllm:VLLMBackend"
+    backend_name = "vllm"
 
-    def backend_class(self):
+    def build_backend(self, spec: BackendSpec):
         try:
-            return super().backend_class()
+            return spec.build()
         except ImportError as error:
             raise ModelError(f"steering_vllm needs the vLLM backend (steer_eval.backends.vllm) and vLLM: {error}; "
                              "install them (scripts/setup.sh) or use --model steering_hf") from None
