@@ -49,7 +49,7 @@ class SteeringLM(LM):
             raise BehaviorError(f"unknown control_method {control_method!r}; choose one of {', '.join(CONTROL_METHODS)}")
         if mode is not None and mode not in MODES:
             raise BehaviorError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        self.pretrained = str(pretrained)
+        self.pretrained = str(backend.model_spec if backend is not None else pretrained)
         self.control_method = control_method
         self.mode = mode or "composition"  # for documents; the fixed list carries its own (see parse_steering)
         self.fixed_behaviors, self.fixed_mode = _parse_steering(steering, mode)
@@ -106,17 +106,20 @@ class SteeringLM(LM):
         raise BehaviorError(f"steering models read one user turn (after an optional system prompt), got turns {roles}; "
                             "run without --fewshot_as_multiturn and without a task gen_prefix")
 
+    @staticmethod
+    def _is_steer_document(doc) -> bool:
+        return bool(doc) and "behaviors" in doc and "prompt" in doc
+
     def _behaviors(self, doc) -> tuple[list[str], str, list[str] | None]:
         """(ordered behaviours, mode, instruction paraphrases or None) for one request's document."""
-        if doc and "behaviors" in doc and "prompt" in doc:  # a steer-eval task document
+        if self._is_steer_document(doc):
             return list(doc["behaviors"]), self.mode, doc.get("instructions")
         return self.fixed_behaviors, self.fixed_mode, None
 
     def assembled(self, request) -> AssembledPrompt:
-        doc = request.doc
-        behaviors, mode, instructions = self._behaviors(doc)
-        if doc and "behaviors" in doc and "prompt" in doc:
-            system, user = None, doc["prompt"]
+        behaviors, mode, instructions = self._behaviors(request.doc)
+        if self._is_steer_document(request.doc):
+            system, user = None, request.doc["prompt"]
         else:
             system, user = self._turns(request.args[0])
         return assemble(user, behaviors, self.tokenizer, control_method=self.control_method, mode=mode,
@@ -177,7 +180,7 @@ class SteeringLM(LM):
         for request in requests:
             text = request.args[0]
             behaviors, mode, _ = self._behaviors(request.doc)
-            if behaviors or self.control_method != "steering":
+            if behaviors:
                 context = assemble("", behaviors, self.tokenizer, control_method=self.control_method, mode=mode,
                                    paraphrase_seed=self.seed)
             else:
