@@ -1,6 +1,7 @@
 """Task documents and metrics behind tasks/: layout, conflicts, held-out prompts, order variance."""
 import itertools
 import math
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,8 @@ def test_score_records_verdicts_and_setting():
     assert (values["control_method"], values["mode"]) == ("hybrid", "concatenation")
     assert values["order_variance"] == {"behaviors": doc["behaviors"], "prompt_id": doc["prompt_id"], "followed": True}
     assert tasks.score(doc, "plain text")["control_method"] == "text"  # a stock model read the instructions
+    cached = pickle.loads(pickle.dumps(response))  # lm-eval's --use_cache pickles responses
+    assert cached == response and cached.setting == response.setting
 
 
 def test_task_yaml_files_are_in_sync_with_their_generator():
