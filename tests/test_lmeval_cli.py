@@ -120,3 +120,20 @@ def test_default_model_steering_hf_on_compose_tasks(default_hf, write_random_tok
                              task_manager=TaskManager(include_path=str(REPO / "tasks")))
     _check_task_metrics(output, ["compose_2_seen", "compose_2_unseen"])
     assert_unit_interval(output["groups"]["compose_2"]["order_variance,none"])
+
+
+@pytest.mark.e2e
+@pytest.mark.vllm
+def test_default_model_steering_vllm_on_compose_tasks(vllm_default):
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    from steer_eval.lmeval.models import SteeringVLLMLM
+
+    lm = SteeringVLLMLM(backend=vllm_default, control_method="text")  # the session's one engine
+    output = simple_evaluate(model=lm, tasks=["compose_2", "compose_3"], limit=6, gen_kwargs={"max_gen_toks": 64},
+                             task_manager=TaskManager(include_path=str(REPO / "tasks")))
+    _check_task_metrics(output, ["compose_2_seen", "compose_2_unseen", "compose_3_seen", "compose_3_unseen"])
+    for group in ("compose_2", "compose_3"):
+        assert_unit_interval(output["groups"][group]["order_variance,none"])
+    assert output["results"]["compose_3_seen"]["control_method,none"] == "text"
