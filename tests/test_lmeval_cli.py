@@ -116,7 +116,7 @@ def test_default_model_steering_hf_on_compose_tasks(default_hf, write_random_tok
     write_random_tokens(tmp_path, default_hf.identity.model_id, default_hf.embedding_weight)
     backend = HFBackend("smollm2-135m", tokens_dir=tmp_path, model=default_hf.model, tokenizer=default_hf.tokenizer)
     lm = SteeringHFLM(backend=backend, control_method="steering", mode="composition")
-    output = simple_evaluate(model=lm, tasks=["compose_2"], limit=4, gen_kwargs={"max_gen_toks": 32},
+    output = simple_evaluate(model=lm, tasks=["compose_2"], limit=2, gen_kwargs={"max_gen_toks": 32},
                              task_manager=TaskManager(include_path=str(REPO / "tasks")))
     _check_task_metrics(output, ["compose_2_seen", "compose_2_unseen"])
     assert_unit_interval(output["groups"]["compose_2"]["order_variance,none"])
