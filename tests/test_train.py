@@ -1,0 +1,196 @@
+"""The trainer's mechanics on the tiny random Llama: loss, what changes, <and>, resume, two-process data parallel."""
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "trainers" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+trainer = _load("train")
+
+
+def _write(path, records):
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train-data")
+    singles = [{"prompt": f"Why is the sky blue? ({i})", "response": "Weil das Licht gestreut wird. " * (1 + i % 2),
+                "behaviors": ["spanish"]} for i in range(6)]
+    singles += [{"prompt": f"Tell me about cats {i}", "response": "Cats are small animals.",
+                 "behaviors": ["words_10_50"]} for i in range(6)]
+    pairs = [{"prompt": f"Describe a dog {i}", "response": "Un perro pequeño.",
+              "behaviors": ["spanish", "words_10_50"][::1 if i % 2 else -1]} for i in range(4)]
+    return {"singles": _write(folder / "singles.json", singles), "pairs": _write(folder / "pairs.json", pairs)}
+
+
+def _config(tiny_model_dir, tmp_path, data_file, **overrides):
+    options = dict(model=str(tiny_model_dir), data=[data_file], out_dir=str(tmp_path / "run"),
+                   tokens_dir=str(tmp_path / "tokens"), batch_size=4, epochs=1, lr=1e-2, log_every=1,
+                   checkpoint_every=100)
+    return trainer.TrainConfig(**{**options, **overrides})
+
+
+def _log(config):
+    return [json.loads(line) for line in (Path(config.out_dir) / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def behaviour_run(tiny_model_dir, data, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("behaviour-run")
+    config = _config(tiny_model_dir, tmp_path, data["singles"], epochs=2, temperature=1.0, run_validation=True,
+                     val_data_path=data["singles"])
+    return config, trainer.train(config)
+
+
+def test_training_lowers_the_validation_loss(behaviour_run):
+    config, _ = behaviour_run
+    val = [entry["val_loss"] for entry in _log(config) if "val_loss" in entry]
+    assert val[-1] < 0.9 * val[0]
+
+
+def test_model_weights_never_change(behaviour_run, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+    _, result = behaviour_run
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    trained = result["model"].state_dict()
+    assert trained.keys() == fresh.keys()
+    assert all(torch.equal(trained[k].cpu(), fresh[k]) for k in fresh)
+
+
+def test_tokens_are_saved_with_their_config(behaviour_run):
+    from steer_eval.tokens import TokenStore
+    config, result = behaviour_run
+    store = TokenStore(config.tokens_dir)
+    assert store.names() == ["spanish", "words_10_50"]
+    token = store.load("spanish")
+    assert torch.equal(token.vector, result["params"]["spanish"].detach().cpu())
+    assert token.training_config["lr"] == config.lr and token.training_config["summary"]["steps"] == 6
+
+
+def test_semantic_init_is_the_mean_instruction_embedding(tiny_hf):
+    from steer_eval.behaviors import get_behavior
+    ids = tiny_hf.tokenizer.encode(get_behavior("german").instructions[0], add_special_tokens=False)
+    expected = torch.stack([tiny_hf.embedding_weight[i] for i in ids]).mean(0)
+    assert torch.allclose(trainer.semantic_init("german", tiny_hf.tokenizer, tiny_hf.embedding_weight), expected)
+
+
+def test_and_stage_changes_only_and(behaviour_run, tiny_model_dir, data, tmp_path):
+    behaviour_config, _ = behaviour_run
+    store_dir = tmp_path / "tokens"
+    shutil.copytree(behaviour_config.tokens_dir, store_dir)
+    before = {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()}
+    config = _config(tiny_model_dir, tmp_path, data["pairs"], stage="and", tokens_dir=str(store_dir), batch_size=2)
+    result = trainer.train(config)
+    for name, vector in result["frozen"].items():
+        assert torch.equal(vector.cpu(), load_file(store_dir / name / "vector.safetensors")["vector"])
+    assert {p: p.read_bytes() for p in before} == before  # behaviour tokens on disk untouched
+    assert set(result["params"]) == {"<and>"} and result["params"]["<and>"].abs().sum() > 0
+    assert (store_dir / "and" / "metadata.json").is_file()
+    orth = [entry["orth"] for entry in _log(config) if "orth" in entry]
+    assert orth[0] == 0 and orth[-1] > 0  # zero at the zero vector, live once <and> has moved
+
+
+def test_and_starts_at_zero(tiny_hf, data, behaviour_run):
+    from steer_eval.tokens import TokenStore
+    config, _ = behaviour_run
+    records = trainer.load_records([data["pairs"]])
+    examples = trainer.make_examples(records, tiny_hf.tokenizer, "and", 32)
+    params, frozen = trainer.initial_vectors("and", examples, tiny_hf.tokenizer, tiny_hf.embedding_weight,
+                                             TokenStore(config.tokens_dir), None)
+    assert list(params) == ["<and>"] and torch.count_nonzero(params["<and>"]) == 0
+    assert set(frozen) == {"spanish", "words_10_50"}
+    penalty = trainer.orthogonality_penalty(params["<and>"], frozen.values())
+    penalty.backward()
+    assert penalty.item() == 0 and torch.count_nonzero(params["<and>"].grad) == 0
+
+
+def test_orthogonality_penalty_matches_hand_computation():
+    a, b, c = [1.0, 2.0, 0.0, -1.0], [0.5, -1.0, 3.0, 2.0], [-2.0, 0.0, 1.0, 1.0]
+
+    def cos(x, y):
+        dot = sum(p * q for p, q in zip(x, y))
+        return dot / (math.sqrt(sum(p * p for p in x)) * math.sqrt(sum(q * q for q in y)))
+
+    expected = cos(a, b) ** 2 + cos(a, c) ** 2
+    got = trainer.orthogonality_penalty(torch.tensor(a, dtype=torch.float64),
+                                        [torch.tensor(b, dtype=torch.float64), torch.tensor(c, dtype=torch.float64)])
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_distillation_loss_matches_the_kl_formula():
+    torch.manual_seed(0)
+    teacher, student, t = torch.randn(5, 11), torch.randn(5, 11), 10.0
+    p = torch.softmax(teacher / t, -1)
+    expected = (p * (p.log() - torch.log_softmax(student / t, -1))).sum(-1).mean() * t * t
+    assert torch.allclose(trainer.distillation_loss(teacher, student, t), expected, atol=1e-7)
+    assert trainer.distillation_loss(teacher, teacher, t).abs() < 1e-6
+
+
+def test_response_logits_equal_the_full_forward_at_response_positions(tiny_hf, data):
+    records = trainer.load_records([data["singles"]])[:3]
+    examples = trainer.make_examples(records, tiny_hf.tokenizer, "behaviour", 32)
+    vectors = {"spanish": torch.randn(tiny_hf.embedding_weight.shape[1])}
+    packed = trainer.pack([e.student for e in examples], examples, tiny_hf.embedding_weight, vectors)
+    embeds, mask, batch_index, positions = packed
+    with torch.no_grad():
+        picked = trainer.response_logits(tiny_hf.model, *packed)
+        full = tiny_hf.model(inputs_embeds=embeds, attention_mask=mask).logits.float()
+    assert picked.shape[0] == sum(len(e.response_ids) for e in examples)
+    assert torch.allclose(picked, full[batch_index, positions], atol=1e-5)
+    # the positions predict exactly the response tokens (teacher forcing), ending with end-of-turn
+    first = examples[0]
+    end = len(first.student.input_ids) + len(first.response_ids) - 1
+    assert positions[len(first.response_ids) - 1] == end - 1
+    assert first.response_ids[-1] == tiny_hf.tokenizer.eos_token_id
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, data, tmp_path):
+    whole = _config(tiny_model_dir, tmp_path / "whole", data["singles"], epochs=2)
+    whole_vector = trainer.train(whole)["params"]["spanish"].detach().clone()
+
+    parted = _config(tiny_model_dir, tmp_path / "parted", data["singles"], epochs=2, stop_after=4)
+    trainer.train(parted)
+    assert not (Path(parted.tokens_dir) / "spanish").exists()  # stopped early: no token yet
+    resumed, checkpoint = trainer.resumed_config(["--out_dir", parted.out_dir, "--resume"])
+    assert checkpoint["step"] == 4 and resumed.lr == parted.lr
+    resumed_vector = trainer.train(resumed, checkpoint)["params"]["spanish"].detach()
+    assert torch.equal(resumed_vector, whole_vector)
+    losses = lambda config: [e["loss"] for e in _log(config) if "loss" in e]  # noqa: E731
+    assert losses(resumed) == losses(whole)
+
+
+def test_torchrun_two_cpu_processes_agree(tiny_model_dir, data, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               str(REPO / "trainers" / "train.py"), "--model", str(tiny_model_dir), "--data", data["singles"],
+               "--out_dir", str(tmp_path / "run"), "--tokens_dir", str(tmp_path / "tokens"), "--batch_size", "4",
+               "--epochs", "1", "--lr", "1e-2", "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["summary"]
+    assert summary["world_size"] == 2 and summary["ranks_identical"] is True
+    assert (tmp_path / "tokens" / "spanish" / "vector.safetensors").is_file()
+
+
+def test_missing_data_is_a_clear_error():
+    with pytest.raises(SystemExit):
+        trainer.parse_config(["--stage", "behaviour"])
