@@ -57,7 +57,7 @@ def _log(config):
 def behaviour_run(tiny_model_dir, data, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("behaviour-run")
     config = _config(tiny_model_dir, tmp_path, data["singles"], epochs=2, temperature=1.0, run_validation=True,
-                     val_data_path=data["singles"])
+                     val_data_path=[data["singles"]])
     return config, trainer.train(config)
 
 

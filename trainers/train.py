@@ -57,7 +57,7 @@ class TrainConfig:
     autocast: str = "auto"  # auto (bf16 on CUDA) | bf16 | none
     gradient_checkpointing: bool = False
     run_validation: bool = False
-    val_data_path: Optional[str] = None
+    val_data_path: list = field(default_factory=list)  # JSON files like --data, for --run_validation
     eval_every: int = 0  # steps between validations (0: only at the end)
     checkpoint_every: int = 50
     log_every: int = 10
@@ -278,7 +278,7 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
     shuffled = random.Random(config.seed).sample(records, len(records))
     records = shuffled[:max(1, round(len(shuffled) * config.subset))]
     examples = make_examples(records, tokenizer, config.stage, config.max_response_tokens)
-    val_records = load_records([config.val_data_path]) if config.run_validation else []
+    val_records = load_records(config.val_data_path) if config.run_validation else []
     if config.stage == "behaviour":
         val_records = [r for r in val_records if r["behaviors"][0] in {r["behaviors"][0] for r in records}]
     val_examples = make_examples(val_records, tokenizer, config.stage, config.max_response_tokens)

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The whole token pipeline for the default model, as run on a lent GPU (DESIGN.md §6): measure text accuracy on
+# the test split, pick the behaviours to ship, build teacher data, train behaviour tokens, build pair data, train
+# <and>, evaluate. Every stage is resumable (done-markers, resumable builders, trainer checkpoints), so the same
+# command is simply run again after a call's time limit. Needs: MODEL (a model folder), W (work folder),
+# PYTHONPATH with steer_eval, langdetect and gguf. Everything it makes lies under $W.
+set -euo pipefail
+: "${MODEL:?model folder}" "${W:?work folder}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+PY="python3 -u"
+SAMPLES="${SAMPLES:-2}"            # teacher responses per train prompt (each with its own paraphrase)
+TEMPERATURE="${TEMPERATURE:-0.7}"  # teacher sampling for the train data
+LR="${LR:-3e-3}"                   # the paper's 1e-4 assumes 50k examples per behaviour; we have ~1k
+EPOCHS="${EPOCHS:-3}"
+BATCH="${BATCH:-32}"
+GEN_BATCH="${GEN_BATCH:-512}"
+FILTER="${FILTER---filter}"      # keep only verifier-passing teacher responses (empty: keep all)
+N_PAIR="${N_PAIR:-64}"             # test prompts per (pair, order, condition)
+N_SINGLE="${N_SINGLE:-244}"        # test prompts per single condition (244 = the whole test split)
+LIMIT="${LIMIT:-400}"              # train prompts (400 = the whole train split); small values for a dry run
+MAX_NEW="${MAX_NEW:-256}"          # new tokens per generation, as in the paper
+REQUIRED="german spanish french italian words_10_50"
+ALL="german spanish french italian portuguese words_10_50 words_50_70 words_70_90 words_90_120 lowercase uppercase title_case sentences_1 sentences_2 sentences_3 sentences_4 sentences_5 json"
+TOKENS="$W/tokens"
+mkdir -p "$W"
+stage() { [ -f "$W/done.$1" ] && echo "== $1: done" && return 1; echo "== $1 ($(date +%T))"; }
+mark() { touch "$W/done.$1"; }
+
+if stage text_all; then  # text-instruction accuracy of every behaviour on the whole test split
+  $PY "$HERE/evaluate_tokens.py" generate --model "$MODEL" --singles $ALL --single_methods text \
+      --n_single "$N_SINGLE" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --out_dir "$W/eval/records"
+  $PY "$HERE/evaluate_tokens.py" summarize --records "$W/eval/records" --out "$W/eval/text_all" >/dev/null
+  mark text_all
+fi
+
+if stage select; then  # ship the required behaviours plus every one whose text accuracy is at least 40%
+  $PY - "$W/eval/text_all/table.json" "$REQUIRED" > "$W/shipped.txt" <<'EOF'
+import json, sys
+table = json.load(open(sys.argv[1]))["singles"]
+required = sys.argv[2].split()
+print(" ".join(b for b in table if b in required or table[b]["text"]["accuracy"] >= 0.4))
+EOF
+  mark select
+fi
+SHIPPED="$(cat "$W/shipped.txt")"
+SEEN="$($PY -c "import sys; from steer_eval.behaviors import get_behavior as g; print(' '.join(b for b in sys.argv[1:] if not g(b).unseen))" $SHIPPED)"
+echo "shipped: $SHIPPED | seen: $SEEN"
+
+if stage data_singles; then
+  $PY "$HERE/build_data.py" --model "$MODEL" --behaviors $SHIPPED --samples "$SAMPLES" --temperature "$TEMPERATURE" \
+      $FILTER --limit "$LIMIT" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --dtype float32 --out_dir "$W/data"
+  $PY "$HERE/build_data.py" --model "$MODEL" --behaviors $SHIPPED --split val $FILTER \
+      --limit "$LIMIT" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --dtype float32 --out_dir "$W/data"
+  mark data_singles
+fi
+
+train() {  # train STAGE RUN_DIR ARGS...: start, or resume from the run's checkpoint
+  local stage_name="$1" run="$2"; shift 2
+  if [ -f "$run/ckpt.pt" ]; then $PY "$HERE/train.py" --out_dir "$run" --resume
+  else $PY "$HERE/train.py" --stage "$stage_name" --model "$MODEL" --tokens_dir "$TOKENS" --out_dir "$run" "$@"; fi
+}
+
+if stage train_behaviour; then
+  singles_train=(); singles_val=()
+  for b in $SHIPPED; do
+    singles_train+=("$(ls "$W"/data/*/"${b}_train.json")"); singles_val+=("$(ls "$W"/data/*/"${b}_val.json")")
+  done
+  train behaviour "$W/runs/behaviour" --data "${singles_train[@]}" --lr "$LR" --epochs "$EPOCHS" \
+      --batch_size "$BATCH" --run_validation --val_data_path "${singles_val[@]}" --eval_every 100 --log_every 10
+  mark train_behaviour
+fi
+
+if stage data_pairs; then
+  $PY "$HERE/build_data.py" --model "$MODEL" --behaviors $SEEN --pairs seen --samples 1 --temperature "$TEMPERATURE" \
+      $FILTER --limit "$LIMIT" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --dtype float32 --out_dir "$W/data"
+  mark data_pairs
+fi
+
+if stage train_and; then
+  train and "$W/runs/and" --data "$W"/data/and/*_train.json --lr "$LR" --epochs "$EPOCHS" --batch_size "$BATCH" \
+      --log_every 10
+  mark train_and
+fi
+
+if stage evaluate; then
+  PAIRS="${PAIRS:-$($PY - $SHIPPED <<'EOF'
+import sys
+from steer_eval.behaviors import compatible_combinations, get_behavior
+shipped = [get_behavior(b) for b in sys.argv[1:]]
+print(" ".join("+".join(b.id for b in combo) for combo in compatible_combinations(2, shipped)))
+EOF
+)}"
+  echo "pairs: $PAIRS"
+  $PY "$HERE/evaluate_tokens.py" generate --model "$MODEL" --tokens_dir "$TOKENS" --singles $SHIPPED \
+      --single_methods steering hybrid --pairs $PAIRS --n_single "$N_SINGLE" --n_pair "$N_PAIR" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" \
+      --out_dir "$W/eval/records"
+  $PY "$HERE/evaluate_tokens.py" summarize --records "$W/eval/records" --out "$W/eval/final"
+  mark evaluate
+fi
