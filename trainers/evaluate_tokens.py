@@ -29,13 +29,13 @@ def condition_name(method: str, mode: str, behaviors) -> str:
     return f"{method}-{mode}-{'+'.join(behaviors)}"
 
 
-def conditions(singles, pairs, single_methods):
+def conditions(singles, pairs, single_methods, pair_conditions=PAIR_CONDITIONS):
     for b in singles:
         for method in single_methods:
             yield method, "composition", (b,)
     for pair in pairs:
         for order in permutations(pair):
-            for method, mode in PAIR_CONDITIONS:
+            for method, mode in pair_conditions:
                 yield method, mode, order
 
 
@@ -60,11 +60,12 @@ def generate(args) -> None:
     backend = HFBackend(args.model, tokens_dir=args.tokens_dir, batch_size=args.batch_size, dtype=args.dtype)
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
     pairs = [tuple(p.split("+")) for p in args.pairs]
-    prompts = load_prompts(args.prompts, "test")
+    prompts = load_prompts(args.prompts, args.split)
+    pair_conditions = [c for c in PAIR_CONDITIONS if "/".join(c) in args.pair_conditions]
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = []
-    for method, mode, behaviors in conditions(args.singles, pairs, args.single_methods):
+    for method, mode, behaviors in conditions(args.singles, pairs, args.single_methods, pair_conditions):
         resolve(behaviors)
         path = out_dir / f"{condition_name(method, mode, behaviors)}.jsonl"
         done = {r["id"] for r in read_records(path)}
@@ -135,7 +136,7 @@ def summarize(args) -> dict:
                                               "max_order_delta": max(r["order_delta"] for r in rows)}
                       for (seen, condition), rows in sorted(aggregate.items())}
     behaviors_used = sorted({b for _, _, bs in by_condition for b in bs})
-    result = {"singles": singles, "pairs": combos, "pairs_aggregate": aggregate_rows,
+    result = {"split": args.split, "singles": singles, "pairs": combos, "pairs_aggregate": aggregate_rows,
               "scorer": scorer_spec([]) | {"verifiers": [get_behavior(b).spec() for b in behaviors_used]},
               "records": str(args.records), "command": " ".join(sys.argv)}
     out = Path(args.out)
@@ -151,7 +152,7 @@ def _pct(value) -> str:
 
 
 def markdown(result: dict) -> str:
-    lines = ["## Single behaviours (accuracy %, held-out test prompts)", "",
+    lines = [f"## Single behaviours (accuracy %, {result['split']} prompts)", "",
              "| behaviour | n | text | steering | hybrid | steering / text |", "|---|---|---|---|---|---|"]
     for b, row in result["singles"].items():
         n = next(iter(row.values()))["n"] if row else 0
@@ -185,7 +186,11 @@ def main(argv=None) -> int:
     gen.add_argument("--prompts", default="bundled", help="'bundled' (its test split) or a prompt file")
     gen.add_argument("--singles", nargs="*", default=[])
     gen.add_argument("--single_methods", nargs="+", default=list(SINGLE_METHODS), choices=SINGLE_METHODS)
+    gen.add_argument("--split", default="test", choices=("test", "val"),
+                     help="bundled split: test for results, val for choosing between trainings")
     gen.add_argument("--pairs", nargs="*", default=[], help="a+b; both orders are run")
+    gen.add_argument("--pair_conditions", nargs="+", default=["/".join(c) for c in PAIR_CONDITIONS],
+                     choices=["/".join(c) for c in PAIR_CONDITIONS])
     gen.add_argument("--n_single", type=int, default=None, help="first N test prompts per single condition")
     gen.add_argument("--n_pair", type=int, default=100, help="first N test prompts per pair condition")
     gen.add_argument("--max_new_tokens", type=int, default=256)
@@ -194,6 +199,7 @@ def main(argv=None) -> int:
     summ = commands.add_parser("summarize")
     summ.add_argument("--records", required=True)
     summ.add_argument("--out", required=True)
+    summ.add_argument("--split", default="test", help="which prompts the records answer (for the table's title)")
     args = parser.parse_args(argv)
     if args.command == "generate":
         generate(args)

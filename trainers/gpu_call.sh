@@ -32,12 +32,17 @@ print("embedding fingerprint", got, "expected", sys.argv[1])
 sys.exit(0 if got == sys.argv[1] else 1)
 EOF
 fi
+if [ -d .gpu/state ] && [ ! -d "$W/data" ]; then  # a fresh machine continues from what an earlier one made
+  for f in .gpu/state/*.tgz; do tar xzf "$f" -C "$W"; done
+  [ -f "$W/done.data_pairs" ] && mv "$W/done.data_pairs" "$W/done.data_pairs_s1"
+fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
-timeout "${BUDGET:-540}" bash "$CODE/trainers/gpu_pipeline.sh" >> "$W/pipeline.log" 2>&1
+export P="$CODE/trainers/gpu_pipeline.sh"
+timeout "${BUDGET:-540}" bash -c "${RUN:-bash \$P}" >> "$W/pipeline.log" 2>&1
 echo "pipeline rc=$? (124 = stopped at the budget; run again to resume)"
 grep -v "it/s\]$" "$W/pipeline.log" | tail -c 5000
-cd "$W" && tar czf "$OUT/small.tgz" shipped.txt done.* tokens runs/*/log.jsonl runs/*/summary.json eval/*/table.* \
-    pipeline.log data/*/*.meta.json 2>/dev/null
-tar czf "$OUT/records.tgz" eval/records 2>/dev/null
+cd "$W" && tar czf "$OUT/small.tgz" shipped.txt done.* tokens* runs*/*/log.jsonl runs*/*/summary.json \
+    eval*/*/table.* pipeline.log data/*/*.meta.json 2>/dev/null
+tar czf "$OUT/records.tgz" eval*/records eval*/val_records 2>/dev/null
 tar czf "$OUT/data.tgz" data 2>/dev/null
 ls -la "$OUT"

@@ -12,6 +12,10 @@ SAMPLES="${SAMPLES:-2}"            # teacher responses per train prompt (each wi
 TEMPERATURE="${TEMPERATURE:-0.7}"  # teacher sampling for the train data
 LR="${LR:-3e-3}"                   # the paper's 1e-4 assumes 50k examples per behaviour; we have ~1k
 EPOCHS="${EPOCHS:-3}"
+AND_LR="${AND_LR:-$LR}"
+AND_EPOCHS="${AND_EPOCHS:-$EPOCHS}"
+PAIR_SAMPLES="${PAIR_SAMPLES:-1}"  # teacher responses per train prompt and pair
+TAG="${TAG:-}"                     # a second training round keeps its tokens, runs and evaluations apart
 BATCH="${BATCH:-32}"
 GEN_BATCH="${GEN_BATCH:-512}"
 FILTER="${FILTER---filter}"      # keep only verifier-passing teacher responses (empty: keep all)
@@ -21,7 +25,8 @@ LIMIT="${LIMIT:-400}"              # train prompts (400 = the whole train split)
 MAX_NEW="${MAX_NEW:-256}"          # new tokens per generation, as in the paper
 REQUIRED="german spanish french italian words_10_50"
 ALL="german spanish french italian portuguese words_10_50 words_50_70 words_70_90 words_90_120 lowercase uppercase title_case sentences_1 sentences_2 sentences_3 sentences_4 sentences_5 json"
-TOKENS="$W/tokens"
+TOKENS="$W/tokens$TAG"
+RUNS="$W/runs$TAG"
 mkdir -p "$W"
 stage() { [ -f "$W/done.$1" ] && echo "== $1: done" && return 1; echo "== $1 ($(date +%T))"; }
 mark() { touch "$W/done.$1"; }
@@ -60,40 +65,67 @@ train() {  # train STAGE RUN_DIR ARGS...: start, or resume from the run's checkp
   else $PY "$HERE/train.py" --stage "$stage_name" --model "$MODEL" --tokens_dir "$TOKENS" --out_dir "$run" "$@"; fi
 }
 
-if stage train_behaviour; then
+if stage train_behaviour$TAG; then
   singles_train=(); singles_val=()
   for b in $SHIPPED; do
     singles_train+=("$(ls "$W"/data/*/"${b}_train.json")"); singles_val+=("$(ls "$W"/data/*/"${b}_val.json")")
   done
-  train behaviour "$W/runs/behaviour" --data "${singles_train[@]}" --lr "$LR" --epochs "$EPOCHS" \
+  train behaviour "$RUNS/behaviour" --data "${singles_train[@]}" --lr "$LR" --epochs "$EPOCHS" \
       --batch_size "$BATCH" --run_validation --val_data_path "${singles_val[@]}" --eval_every 100 --log_every 10
-  mark train_behaviour
+  mark train_behaviour$TAG
 fi
 
-if stage data_pairs; then
-  $PY "$HERE/build_data.py" --model "$MODEL" --behaviors $SEEN --pairs seen --samples 1 --temperature "$TEMPERATURE" \
+if stage data_pairs_s$PAIR_SAMPLES; then
+  $PY "$HERE/build_data.py" --model "$MODEL" --behaviors $SEEN --pairs seen --samples "$PAIR_SAMPLES" --temperature "$TEMPERATURE" \
       $FILTER --limit "$LIMIT" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --dtype float32 --out_dir "$W/data"
-  mark data_pairs
+  mark data_pairs_s$PAIR_SAMPLES
 fi
 
-if stage train_and; then
-  train and "$W/runs/and" --data "$W"/data/and/*_train.json --lr "$LR" --epochs "$EPOCHS" --batch_size "$BATCH" \
+if stage train_and$TAG; then
+  train and "$RUNS/and" --data "$W"/data/and/*_train.json --lr "$AND_LR" --epochs "$AND_EPOCHS" --batch_size "$BATCH" \
       --log_every 10
-  mark train_and
+  mark train_and$TAG
 fi
 
-if stage evaluate; then
-  PAIRS="${PAIRS:-$($PY - $SHIPPED <<'EOF'
+PAIRS="${PAIRS:-$($PY - $SHIPPED <<'EOF'
 import sys
 from steer_eval.behaviors import compatible_combinations, get_behavior
 shipped = [get_behavior(b) for b in sys.argv[1:]]
 print(" ".join("+".join(b.id for b in combo) for combo in compatible_combinations(2, shipped)))
 EOF
 )}"
-  echo "pairs: $PAIRS"
+echo "pairs: $PAIRS"
+
+if stage val_eval$TAG; then  # on the val split: what a choice between training rounds may look at
+  $PY "$HERE/evaluate_tokens.py" generate --model "$MODEL" --tokens_dir "$TOKENS" --split val --singles $SHIPPED \
+      --single_methods steering --pairs $PAIRS --pair_conditions steering/composition steering/concatenation \
+      --n_single 100 --n_pair "$N_PAIR" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" \
+      --out_dir "$W/eval$TAG/val_records"
+  $PY "$HERE/evaluate_tokens.py" summarize --records "$W/eval$TAG/val_records" --out "$W/eval$TAG/val" >/dev/null
+  mark val_eval$TAG
+fi
+
+if [ -n "${COMPARE_WITH+set}" ] && [ "${TEST_EVAL:-1}" = 1 ] && [ ! -f "$W/done.evaluate$TAG" ]; then
+  # A second round reaches the test split only if it beats the first on the val split.
+  if ! $PY - "$W/eval$COMPARE_WITH/val/table.json" "$W/eval$TAG/val/table.json" <<'EOF'; then TEST_EVAL=0; fi
+import json, sys
+def score(path):
+    table = json.load(open(path))
+    singles = [row["steering"]["accuracy"] for row in table["singles"].values()]
+    pairs = [c["conditions"]["steering/composition"]["mean"] for c in table["pairs"].values()]
+    return (sum(singles) / len(singles) + sum(pairs) / len(pairs)) / 2
+old, new = score(sys.argv[1]), score(sys.argv[2])
+print(f"val score: previous round {old:.4f}, this round {new:.4f}")
+sys.exit(0 if new > old else 1)
+EOF
+fi
+
+if [ "${TEST_EVAL:-1}" = 1 ] && stage evaluate$TAG; then  # the held-out test split: the reported numbers
+  mkdir -p "$W/eval$TAG/records"
+  cp -n "$W"/eval/records/text-*.jsonl "$W/eval$TAG/records/" 2>/dev/null || true  # text does not use tokens
   $PY "$HERE/evaluate_tokens.py" generate --model "$MODEL" --tokens_dir "$TOKENS" --singles $SHIPPED \
-      --single_methods steering hybrid --pairs $PAIRS --n_single "$N_SINGLE" --n_pair "$N_PAIR" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" \
-      --out_dir "$W/eval/records"
-  $PY "$HERE/evaluate_tokens.py" summarize --records "$W/eval/records" --out "$W/eval/final"
-  mark evaluate
+      --single_methods steering hybrid --pairs $PAIRS --n_single "$N_SINGLE" --n_pair "$N_PAIR" \
+      --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --out_dir "$W/eval$TAG/records"
+  $PY "$HERE/evaluate_tokens.py" summarize --records "$W/eval$TAG/records" --out "$W/eval$TAG/final"
+  mark evaluate$TAG
 fi
