@@ -1,0 +1,31 @@
+"""The steering tokens shipped for the default model load on CPU, match its embedding space, and steer."""
+import pytest
+
+from steer_eval.backends.base import GenerationConfig
+from steer_eval.behaviors import AND_TOKEN
+from steer_eval.prompts import bundled_prompts
+from steer_eval.scoring import verify
+from steer_eval.tokens import TokenStore, default_tokens_dir, load_vectors
+
+pytestmark = pytest.mark.e2e
+REQUIRED = {"german", "spanish", "french", "italian", "words_10_50", AND_TOKEN}
+
+
+def test_shipped_tokens_load_with_their_training_config(default_hf):
+    store = TokenStore(default_tokens_dir("SmolLM2-135M-Instruct"))
+    assert REQUIRED <= set(store.names())
+    for name in store.names():
+        token = store.load(name, default_hf.identity)  # raises unless trained for this embedding space
+        assert token.vector.shape == (default_hf.identity.hidden_size,) and token.vector.isfinite().all()
+        config = token.training_config
+        assert config["stage"] == ("and" if name == AND_TOKEN else "behaviour") and config["summary"]["steps"] > 0
+
+
+def test_shipped_german_token_steers_on_cpu(default_hf):
+    store = TokenStore(default_tokens_dir("SmolLM2-135M-Instruct"))
+    default_hf.add_vectors(load_vectors(store, ["german"], default_hf.identity))  # the shipped vector, not a test's
+    prompts = [p.prompt for p in bundled_prompts("test")[:8]]
+    steered = [default_hf.assemble(p, ["german"], control_method="steering") for p in prompts]
+    responses = default_hf.generate(steered, GenerationConfig(max_new_tokens=48), progress=False)
+    followed = [verify(["german"], r).followed for r in responses]
+    assert sum(followed) >= 5, list(zip(prompts, responses))  # no instruction at all: 0 of 60 in the probe
