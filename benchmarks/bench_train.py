@@ -89,7 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "results" / "bench"))
     args = parser.parse_args(argv)
     result = run(args) if args.command == "run" else from_log(args)
-    result |= {"command": "python " + " ".join(sys.argv), "machine": machine() if args.command == "run" else args.machine}
+    result |= {"command": "python " + " ".join(sys.argv),
+               "machine": machine() if args.command == "run" else args.machine}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"train_speed_{args.label}.json").write_text(json.dumps(result, indent=2))

@@ -15,7 +15,7 @@ ENGLISH = "The weather is very nice today and we will walk in the park later bec
 
 
 def _records(folder, method, mode, behaviors, responses):
-    path = folder / f"{evaluate_tokens.condition_name(method, mode, behaviors)}.jsonl"
+    path = folder / f"{method}-{mode}-{'+'.join(behaviors)}.jsonl"
     rows = [{"id": str(i), "prompt": "p", "behaviors": list(behaviors), "control_method": method, "mode": mode,
              "response": text, "followed": None} for i, text in enumerate(responses)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -41,5 +41,18 @@ def test_summary_numbers(tmp_path):
     composition = combo["conditions"]["steering/composition"]
     assert composition["mean"] == 0.75 and composition["order_delta"] == 0.5 and composition["best"] == 1.0
     assert table["pairs"]["spanish+words_10_50"]["seen"] is True
-    assert table["pairs_aggregate"]["unseen|steering/composition"]["max_order_delta"] == 0.5
+    assert table["pairs_aggregate"]["unseen|steering/composition"]["order_variance_max"] == 0.5
     assert "| german | 4 | 75.0 | 50.0 | – | 66.7 |" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_generate_runs_the_grid_and_resumes(tiny_model_dir, tmp_path):
+    args = ["generate", "--model", str(tiny_model_dir), "--singles", "german", "--single_methods", "text",
+            "--pairs", "german+words_10_50", "--pair_conditions", "text/concatenation", "--n_single", "2",
+            "--n_pair", "2", "--max_new_tokens", "4", "--out_dir", str(tmp_path)]
+    assert evaluate_tokens.main(args) == 0
+    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 2 + 2 * 2  # 2 prompts; the pair in both orders
+    assert {tuple(r["behaviors"]) for r in records} == {("german",), ("german", "words_10_50"),
+                                                        ("words_10_50", "german")}
+    assert evaluate_tokens.main(args) == 0  # resumed: nothing added
+    assert len((tmp_path / "records.jsonl").read_text().splitlines()) == len(records)

@@ -1,13 +1,13 @@
 """Held-out evaluation of steering tokens: text vs steering vs hybrid per behaviour, and for 2-behaviour
 compositions composition vs concatenation vs native_and vs text in both orders (DESIGN.md §3).
 
-    # generate (GPU or CPU; resumable; one JSONL file of records per condition)
+    # generate (GPU or CPU) through the grid runner: <out_dir>/records.jsonl, resumable
     python trainers/evaluate_tokens.py generate --singles german words_10_50 --pairs german+words_10_50 \
         --out_dir results/token_eval/records
     # judge and tabulate (re-verifies every response here, writes table.md and table.json)
     python trainers/evaluate_tokens.py summarize --records results/token_eval/records --out results/token_eval
 
-All generations share one backend and are pooled into large batches, so a GPU is kept busy.
+All generations share one backend and go out in large chunks, so a GPU is kept busy.
 """
 import argparse
 import json
@@ -16,77 +16,40 @@ from itertools import permutations
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/evaluate_tokens.py` from a checkout
-from steer_eval.behaviors import BEHAVIORS, get_behavior, is_seen_combination, resolve  # noqa: E402
+from steer_eval.behaviors import BEHAVIORS, get_behavior, resolve  # noqa: E402
 from steer_eval.prompts import load_prompts  # noqa: E402
 
 SINGLE_METHODS = ("text", "steering", "hybrid")
 PAIR_CONDITIONS = (("text", "concatenation"), ("steering", "composition"), ("steering", "concatenation"),
                    ("steering", "native_and"))
-CHUNK = 4096  # generations between writes
 
 
-def condition_name(method: str, mode: str, behaviors) -> str:
-    return f"{method}-{mode}-{'+'.join(behaviors)}"
+def grid_items(prompts, singles, pairs, single_methods, pair_conditions, n_single, n_pair) -> list:
+    from steer_eval.grid import GridItem
 
-
-def conditions(singles, pairs, single_methods, pair_conditions=PAIR_CONDITIONS):
+    items = []
     for b in singles:
+        resolve([b])
         for method in single_methods:
-            yield method, "composition", (b,)
+            items += [GridItem(p.id, p.prompt, (b,), method, "composition") for p in prompts[:n_single]]
     for pair in pairs:
+        resolve(pair)
         for order in permutations(pair):
             for method, mode in pair_conditions:
-                yield method, mode, order
-
-
-def read_records(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+                items += [GridItem(p.id, p.prompt, order, method, mode) for p in prompts[:n_pair]]
+    return items
 
 
 def generate(args) -> None:
-    from tqdm.auto import tqdm
-
     from steer_eval.backends.base import GenerationConfig
-    from steer_eval.backends.hf import HFBackend
+    from steer_eval.runner import BackendSpec, run_grid
 
-    backend = HFBackend(args.model, tokens_dir=args.tokens_dir, batch_size=args.batch_size, dtype=args.dtype)
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens)
-    pairs = [tuple(p.split("+")) for p in args.pairs]
-    prompts = load_prompts(args.prompts, args.split)
     pair_conditions = [c for c in PAIR_CONDITIONS if "/".join(c) in args.pair_conditions]
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    todo = []
-    for method, mode, behaviors in conditions(args.singles, pairs, args.single_methods, pair_conditions):
-        resolve(behaviors)
-        path = out_dir / f"{condition_name(method, mode, behaviors)}.jsonl"
-        done = {r["id"] for r in read_records(path)}
-        limit = args.n_single if len(behaviors) == 1 else args.n_pair
-        todo += [(path, method, mode, behaviors, p) for p in prompts[:limit] if p.id not in done]
-    print(f"{len(todo)} generations to make", file=sys.stderr)
-    with tqdm(total=len(todo), desc="evaluate", unit="response") as bar:
-        for start in range(0, len(todo), CHUNK):
-            chunk = todo[start:start + CHUNK]
-            assembled = [backend.assemble(p.prompt, behaviors, control_method=method, mode=mode,
-                                          paraphrase_seed=config.seed) for _, method, mode, behaviors, p in chunk]
-            responses = backend.generate(assembled, config, progress=False)
-            by_path: dict[Path, list] = {}
-            for (path, *_, p), prompt_input, response in zip(chunk, assembled, responses):
-                by_path.setdefault(path, []).append({"id": p.id, "prompt": p.prompt, **prompt_input.describe(),
-                                                     "response": response, "model": args.model,
-                                                     "generation": config.as_dict()})
-            for path, records in by_path.items():
-                with path.open("a", encoding="utf-8") as handle:
-                    handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-            bar.update(len(chunk))
+    items = grid_items(load_prompts(args.prompts, args.split), args.singles, [tuple(p.split("+")) for p in args.pairs],
+                       args.single_methods, pair_conditions, args.n_single, args.n_pair)
+    spec = BackendSpec("hf", args.model, args.tokens_dir, {"batch_size": args.batch_size, "dtype": args.dtype})
+    # Large chunks: the HF backend sorts each chunk by length and fills a GPU with big batches.
+    run_grid(items, spec, GenerationConfig(max_new_tokens=args.max_new_tokens), args.out_dir, chunk_size=4096)
 
 
 def accuracy(records) -> float:
@@ -94,51 +57,47 @@ def accuracy(records) -> float:
 
 
 def summarize(args) -> dict:
+    from steer_eval.analysis import by_combination, summarize as aggregate
+    from steer_eval.inference import read_records
     from steer_eval.scoring import scorer_spec, verify
 
-    by_condition = {}
-    for path in sorted(Path(args.records).glob("*.jsonl")):
-        records = read_records(path)
-        for r in records:  # judged here, so every number comes from this checkout's verifiers
+    by_condition: dict[tuple, list] = {}
+    for path in sorted(p for folder in args.records for p in Path(folder).glob("*.jsonl")):
+        for r in read_records(path):  # judged here, so every number comes from this checkout's verifiers
             r.update(verify(r["behaviors"], r["response"]).as_dict())
-        if records:
-            first = records[0]
-            by_condition[(first["control_method"], first["mode"], tuple(first["behaviors"]))] = records
+            pair = len(r["behaviors"]) > 1
+            condition = ("text" if r["control_method"] == "text" else f"{r['control_method']}/{r['mode']}") \
+                if pair else r["control_method"]
+            by_condition.setdefault((pair, condition), []).append(r)
 
-    singles = {}
-    for (method, mode, behaviors), records in by_condition.items():
-        if len(behaviors) == 1:
-            singles.setdefault(behaviors[0], {})[method] = {"accuracy": accuracy(records), "n": len(records)}
+    singles: dict[str, dict] = {}
+    for (pair, method), records in sorted(by_condition.items()):
+        if not pair:
+            for behavior in sorted({r["behaviors"][0] for r in records}, key=list(BEHAVIORS).index):
+                subset = [r for r in records if r["behaviors"][0] == behavior]
+                singles.setdefault(behavior, {})[method] = {"accuracy": accuracy(subset), "n": len(subset)}
     for row in singles.values():
         if "text" in row and "steering" in row and row["text"]["accuracy"]:
             row["steering_over_text"] = row["steering"]["accuracy"] / row["text"]["accuracy"]
 
-    combos = {}
-    for (method, mode, behaviors), records in by_condition.items():
-        if len(behaviors) == 2:
-            key = "+".join(sorted(behaviors, key=list(BEHAVIORS).index))
-            condition = f"{method}/{mode}" if method != "text" else "text"
-            entry = combos.setdefault(key, {"seen": is_seen_combination(resolve(behaviors)), "conditions": {}})
-            entry["conditions"].setdefault(condition, {})["+".join(behaviors)] = {
-                "accuracy": accuracy(records), "n": len(records)}
-    aggregate = {}
-    for combo in combos.values():
-        for condition, orders in combo["conditions"].items():
-            values = [o["accuracy"] for o in orders.values()]
-            orders_summary = {"mean": sum(values) / len(values), "best": max(values),
-                              "order_delta": max(values) - min(values)}
-            combo["conditions"][condition] = {"orders": orders, **orders_summary}
-            group = aggregate.setdefault(("seen" if combo["seen"] else "unseen", condition), [])
-            group.append(orders_summary)
-    aggregate_rows = {f"{seen}|{condition}": {"combinations": len(rows),
-                                              "accuracy": sum(r["mean"] for r in rows) / len(rows),
-                                              "mean_order_delta": sum(r["order_delta"] for r in rows) / len(rows),
-                                              "max_order_delta": max(r["order_delta"] for r in rows)}
-                      for (seen, condition), rows in sorted(aggregate.items())}
-    behaviors_used = sorted({b for _, _, bs in by_condition for b in bs})
-    result = {"split": args.split, "singles": singles, "pairs": combos, "pairs_aggregate": aggregate_rows,
+    pairs: dict[str, dict] = {}
+    pairs_aggregate = {}
+    for (pair, condition), records in sorted(by_condition.items()):
+        if not pair:
+            continue
+        summary = aggregate(records)
+        for group in ("seen", "unseen"):
+            if summary[group]["combinations"]:
+                pairs_aggregate[f"{group}|{condition}"] = summary[group]
+        for result in by_combination(records):
+            entry = pairs.setdefault(result.combination, {"seen": result.seen, "conditions": {}})
+            entry["conditions"][condition] = {"orders": result.order_accuracy, "mean": result.accuracy,
+                                              "best": result.best_order_accuracy, "order_delta": result.order_delta_max}
+    behaviors_used = sorted({b for records in by_condition.values() for r in records for b in r["behaviors"]})
+    result = {"split": args.split, "singles": singles, "pairs": pairs,
+              "pairs_aggregate": dict(sorted(pairs_aggregate.items())),
               "scorer": scorer_spec([]) | {"verifiers": [get_behavior(b).spec() for b in behaviors_used]},
-              "records": str(args.records), "command": " ".join(sys.argv)}
+              "records": [str(r) for r in args.records], "command": " ".join(sys.argv)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(result, indent=2))
@@ -165,7 +124,7 @@ def markdown(result: dict) -> str:
         for key, row in result["pairs_aggregate"].items():
             seen, condition = key.split("|")
             lines.append(f"| {seen} | {condition} | {row['combinations']} | {_pct(row['accuracy'])} | "
-                         f"{_pct(row['mean_order_delta'])} | {_pct(row['max_order_delta'])} |")
+                         f"{_pct(row['order_variance'])} | {_pct(row['order_variance_max'])} |")
         lines += ["", "| combination | seen | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for key, combo in result["pairs"].items():
             cells = []
@@ -197,7 +156,7 @@ def main(argv=None) -> int:
     gen.add_argument("--batch_size", type=int, default=256)
     gen.add_argument("--out_dir", required=True)
     summ = commands.add_parser("summarize")
-    summ.add_argument("--records", required=True)
+    summ.add_argument("--records", nargs="+", required=True, help="folders of JSONL records")
     summ.add_argument("--out", required=True)
     summ.add_argument("--split", default="test", help="which prompts the records answer (for the table's title)")
     args = parser.parse_args(argv)

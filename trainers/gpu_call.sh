@@ -43,6 +43,6 @@ echo "pipeline rc=$? (124 = stopped at the budget; run again to resume)"
 grep -v "it/s\]$" "$W/pipeline.log" | tail -c 5000
 cd "$W" && tar czf "$OUT/small.tgz" shipped.txt done.* tokens* runs*/*/log.jsonl runs*/*/summary.json \
     eval*/*/table.* pipeline.log data/*/*.meta.json 2>/dev/null
-tar czf "$OUT/records.tgz" eval*/records eval*/val_records 2>/dev/null
+tar czf "$OUT/records.tgz" eval/text_records eval*/records eval*/val_records 2>/dev/null
 tar czf "$OUT/data.tgz" data 2>/dev/null
 ls -la "$OUT"

@@ -33,8 +33,8 @@ mark() { touch "$W/done.$1"; }
 
 if stage text_all; then  # text-instruction accuracy of every behaviour on the whole test split
   $PY "$HERE/evaluate_tokens.py" generate --model "$MODEL" --singles $ALL --single_methods text \
-      --n_single "$N_SINGLE" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --out_dir "$W/eval/records"
-  $PY "$HERE/evaluate_tokens.py" summarize --records "$W/eval/records" --out "$W/eval/text_all" >/dev/null
+      --n_single "$N_SINGLE" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --out_dir "$W/eval/text_records"
+  $PY "$HERE/evaluate_tokens.py" summarize --records "$W/eval/text_records" --out "$W/eval/text_all" >/dev/null
   mark text_all
 fi
 
@@ -121,11 +121,9 @@ EOF
 fi
 
 if [ "${TEST_EVAL:-1}" = 1 ] && stage evaluate$TAG; then  # the held-out test split: the reported numbers
-  mkdir -p "$W/eval$TAG/records"
-  cp -n "$W"/eval/records/text-*.jsonl "$W/eval$TAG/records/" 2>/dev/null || true  # text does not use tokens
   $PY "$HERE/evaluate_tokens.py" generate --model "$MODEL" --tokens_dir "$TOKENS" --singles $SHIPPED \
       --single_methods steering hybrid --pairs $PAIRS --n_single "$N_SINGLE" --n_pair "$N_PAIR" \
       --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --out_dir "$W/eval$TAG/records"
-  $PY "$HERE/evaluate_tokens.py" summarize --records "$W/eval$TAG/records" --out "$W/eval$TAG/final"
+  $PY "$HERE/evaluate_tokens.py" summarize --records "$W/eval/text_records" "$W/eval$TAG/records" --out "$W/eval$TAG/final"
   mark evaluate$TAG
 fi

@@ -291,8 +291,10 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     warmup = max(1, math.ceil(config.warmup_frac * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup)))
+    def lr_factor(s):  # linear warm-up, then linear decay to 0 at the last step
+        return (s + 1) / warmup if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
     def autocast():
         return torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16)
