@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--temperature", type=float, default=0.0)
 
     analyze = commands.add_parser("analyze", help="tables and plots from grid or infer records")
-    analyze.add_argument("records", help="a records JSONL file or a grid output directory")
+    analyze.add_argument("records", help="a records JSONL file, a folder of them (grid output) or a .tar.gz")
     analyze.add_argument("--plot", default=None, help="write a PNG with accuracy and order variance by k")
     analyze.add_argument("--json", action="store_true", help="print the summaries as JSON")
     return parser
@@ -178,17 +178,11 @@ def _grid(args) -> int:
 
 
 def _analyze(args) -> int:
-    from pathlib import Path
+    from steer_eval.report import group_summaries, load_records, markdown_table, plot
 
-    from steer_eval.inference import read_records
-    from steer_eval.report import group_summaries, markdown_table, plot
-    from steer_eval.runner import RECORDS_FILE
-
-    path = Path(args.records)
-    path = path / RECORDS_FILE if path.is_dir() else path
-    records = read_records(path)
+    records = load_records(args.records)
     if not records:
-        raise PromptFileError(f"no records in {path}")
+        raise PromptFileError(f"no records in {args.records} (give a JSONL file, a folder of them or a .tar.gz)")
     summaries = group_summaries(records)
     if args.json:
         print(json.dumps([{"control_method": c, "mode": m, "k": k, **s} for (c, m, k), s in summaries.items()],

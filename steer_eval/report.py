@@ -1,17 +1,45 @@
 """Tables and plots of grid results, grouped by setting (control method, mode) and number of behaviours."""
 from __future__ import annotations
 
+import json
+import tarfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 from steer_eval.analysis import summarize
+from steer_eval.inference import read_records
+from steer_eval.scoring import verify
+
+
+def _jsonl_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """Records from a JSONL file, a folder of them (a grid's output), or a .tar.gz of JSONL files.
+
+    Records stored without verdicts (responses only) are judged here with the current verifiers.
+    """
+    path = Path(path)
+    if path.is_dir():
+        records = [r for file in sorted(path.glob("*.jsonl")) for r in read_records(file)]
+    elif path.name.endswith(".tar.gz"):
+        with tarfile.open(path) as archive:
+            records = [r for member in sorted(archive.getmembers(), key=lambda m: m.name)
+                       if member.isfile() and member.name.endswith(".jsonl")
+                       for r in _jsonl_lines(archive.extractfile(member).read().decode("utf-8"))]
+    else:
+        records = read_records(path)
+    return [r if "followed" in r else {**r, **verify(r["behaviors"], r["response"]).as_dict()} for r in records]
 
 
 def group_summaries(records: Sequence[dict]) -> dict[tuple[str, str, int], dict]:
     groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for record in records:
-        groups[(record["control_method"], record["mode"], len(record["behaviors"]))].append(record)
+        # Text instructions are joined the same way whatever the mode, so text runs form one setting.
+        mode = "-" if record["control_method"] == "text" else record["mode"]
+        groups[(record["control_method"], mode, len(record["behaviors"]))].append(record)
     return {key: summarize(group) for key, group in sorted(groups.items())}
 
 
@@ -38,6 +66,7 @@ def plot(summaries: dict[tuple[str, str, int], dict], path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     settings = sorted({(c, m) for c, m, _ in summaries})
+    colors = {setting: f"C{i % 10}" for i, setting in enumerate(settings)}
     figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     panels = [("seen", "accuracy", "accuracy, seen combinations"),
               ("unseen", "accuracy", "accuracy, unseen combinations"),
@@ -47,9 +76,10 @@ def plot(summaries: dict[tuple[str, str, int], dict], path: str | Path) -> Path:
             points = [(k, s[split].get(metric)) for (c, m, k), s in summaries.items() if (c, m) == (control, mode)]
             points = [(k, 100 * v) for k, v in points if v is not None]
             if points:
-                axis.plot(*zip(*points), marker="o", label=f"{control}/{mode}")
+                axis.plot(*zip(*points), marker="o", color=colors[(control, mode)], label=f"{control}/{mode}")
         axis.set_title(title)
         axis.set_xlabel("behaviours composed (k)")
+        axis.set_xticks(sorted({k for _, _, k in summaries}))
         axis.set_ylabel("%")
         axis.set_ylim(0, 100)
         axis.grid(alpha=0.3)

@@ -45,3 +45,21 @@ def test_combination_key_ignores_order():
 
 def test_empty():
     assert summarize([])["all"] == {"combinations": 0}
+
+
+def test_load_records_judges_unjudged_records_from_a_tarball(tmp_path):
+    import io
+    import json
+    import tarfile
+
+    from steer_eval.report import load_records
+
+    rows = [{"behaviors": ["uppercase"], "response": "ALL CAPS HERE", "control_method": "steering", "mode": "composition"},
+            {"behaviors": ["uppercase"], "response": "not caps", "control_method": "steering", "mode": "composition"}]
+    payload = "\n".join(json.dumps(r) for r in rows).encode()
+    archive = tmp_path / "records.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("records/a.jsonl")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    assert [r["followed"] for r in load_records(archive)] == [True, False]

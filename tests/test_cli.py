@@ -72,7 +72,7 @@ def test_grid_then_analyze_with_plot(tiny_model_dir, tmp_path):
     table = cli("grid", "--model", str(tiny_model_dir), "--backend", "hf", "--control-method", "text", "--k", "1", "2",
                 "--combination", "spanish+lowercase", "--combination", "spanish", "--num-prompts", "2",
                 "--max-new-tokens", "3", "--output-dir", str(out)).stdout
-    assert "| text | composition | 2 | 4 | 1 |" in table
+    assert "| text | - | 2 | 4 | 1 |" in table
     summaries = json.loads(cli("analyze", str(out), "--json", "--plot", str(tmp_path / "plot.png")).stdout)
     assert [(s["k"], s["generations"]) for s in summaries] == [(1, 2), (2, 4)]
     assert all(0 <= s["all"]["accuracy"] <= 1 for s in summaries)
