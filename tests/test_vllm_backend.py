@@ -220,3 +220,12 @@ def test_tiny_seeded_sampling_and_stop_strings(vllm_tiny):
     cut = vllm_tiny.generate(assembled[:1], GenerationConfig(max_new_tokens=16, temperature=1.0, seed=3,
                                                              stop=(stop,)), progress=False)[0]
     assert cut == full[:full.find(stop)]
+
+
+def test_tiny_rows_are_rewritten_after_a_restart(vllm_tiny):
+    _, row = _token(vllm_tiny, " German")
+    vllm_tiny.add_vectors({"german": row})
+    assembled = [vllm_tiny.assemble(p, ["german"]) for p in PROMPTS]
+    before = vllm_tiny.loglikelihood([(a, " The end.") for a in assembled], progress=False)
+    vllm_tiny.shutdown()  # the next call starts a fresh engine whose spare rows are zeros
+    assert vllm_tiny.loglikelihood([(a, " The end.") for a in assembled], progress=False) == before

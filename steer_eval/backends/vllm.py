@@ -118,7 +118,6 @@ class VLLMBackend(SteeringBackend):
             self._llm = LLM(model=str(self.extended.folder), tokenizer=str(self.extended.folder),
                             worker_extension_cls=WORKER_EXTENSION, **self.engine_kwargs)
             self._llm.collective_rpc("steer_eval_mask_rows_from", args=(self.extended.vocab_size,))
-            self._row_vector.clear()  # a fresh engine's spare rows are zeros again
         return self._llm
 
     def shutdown(self) -> None:
@@ -126,6 +125,7 @@ class VLLMBackend(SteeringBackend):
         if self._llm is not None:
             self._llm.llm_engine.engine_core.shutdown()
             self._llm = None
+            self._row_vector.clear()  # the next engine starts with zero rows
             gc.collect()
 
     def _sync_rows(self, vectors: dict[str, torch.Tensor]) -> None:
