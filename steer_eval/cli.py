@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -106,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _backend(args, model_spec: str):
     if args.backend == "vllm":
+        # vLLM logs to stdout by default; keep stdout for the response and the summary JSON.
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         from steer_eval.backends.vllm import VLLMBackend
         return VLLMBackend(model_spec, tokens_dir=args.tokens_dir)
     from steer_eval.backends.hf import HFBackend

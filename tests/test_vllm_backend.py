@@ -9,6 +9,7 @@ import torch
 from steer_eval.backends.base import GenerationConfig
 from steer_eval.behaviors import AND_TOKEN, get_behavior
 from steer_eval.prompts import bundled_prompts
+from steer_eval.tokens import TokenError
 
 pytestmark = pytest.mark.vllm
 
@@ -168,7 +169,7 @@ def test_loglikelihood_matches_direct_hf_computation(vllm_default, default_hf):
 
 def test_bad_inputs_fail_before_reaching_the_engine(vllm_default):
     vllm_default.add_vectors({"italian": torch.full((vllm_default.identity.hidden_size,), float("nan"))})
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(TokenError, match="NaN"):
         vllm_default.generate([vllm_default.assemble(PROMPTS[0], ["italian"])], progress=False)
     with pytest.raises(ValueError, match="shape"):
         vllm_default.add_vectors({"italian": torch.zeros(3)})
@@ -219,3 +220,12 @@ def test_tiny_seeded_sampling_and_stop_strings(vllm_tiny):
     cut = vllm_tiny.generate(assembled[:1], GenerationConfig(max_new_tokens=16, temperature=1.0, seed=3,
                                                              stop=(stop,)), progress=False)[0]
     assert cut == full[:full.find(stop)]
+
+
+def test_tiny_rows_are_rewritten_after_a_restart(vllm_tiny):
+    _, row = _token(vllm_tiny, " German")
+    vllm_tiny.add_vectors({"german": row})
+    assembled = [vllm_tiny.assemble(p, ["german"]) for p in PROMPTS]
+    before = vllm_tiny.loglikelihood([(a, " The end.") for a in assembled], progress=False)
+    vllm_tiny.shutdown()  # the next call starts a fresh engine whose spare rows are zeros
+    assert vllm_tiny.loglikelihood([(a, " The end.") for a in assembled], progress=False) == before

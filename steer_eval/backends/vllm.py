@@ -21,6 +21,8 @@ from steer_eval.assembly import AssembledPrompt
 from steer_eval.backends.base import GenerationConfig, SteeringBackend
 from steer_eval.backends.extended_vocab import DEFAULT_SPARE_ROWS, extended_model, read_input_embeddings
 from steer_eval.models import resolve_model_path
+from steer_eval.prompts import PromptFileError
+from steer_eval.tokens import TokenError
 
 WORKER_EXTENSION = f"{__name__}.SteeringRowsWorker"
 CPU_KV_CACHE_BYTES = 2 * 1024 ** 3  # vLLM-CPU otherwise reserves a fraction of the (shared) machine's RAM
@@ -75,10 +77,10 @@ class SteeringRowsWorker:
 
 def _check_vector(name: str, vector: torch.Tensor, hidden_size: int) -> None:
     if vector.shape != (hidden_size,) or not vector.dtype.is_floating_point:
-        raise ValueError(f"steering vector {name!r} must be a float tensor of shape ({hidden_size},), "
+        raise TokenError(f"steering vector {name!r} must be a float tensor of shape ({hidden_size},), "
                          f"got {vector.dtype} {tuple(vector.shape)}")
     if not torch.isfinite(vector).all():
-        raise ValueError(f"steering vector {name!r} contains NaN or inf; retrain or reload it")
+        raise TokenError(f"steering vector {name!r} contains NaN or inf; retrain it or load another token")
 
 
 class VLLMBackend(SteeringBackend):
@@ -116,7 +118,6 @@ class VLLMBackend(SteeringBackend):
             self._llm = LLM(model=str(self.extended.folder), tokenizer=str(self.extended.folder),
                             worker_extension_cls=WORKER_EXTENSION, **self.engine_kwargs)
             self._llm.collective_rpc("steer_eval_mask_rows_from", args=(self.extended.vocab_size,))
-            self._row_vector.clear()  # a fresh engine's spare rows are zeros again
         return self._llm
 
     def shutdown(self) -> None:
@@ -124,6 +125,7 @@ class VLLMBackend(SteeringBackend):
         if self._llm is not None:
             self._llm.llm_engine.engine_core.shutdown()
             self._llm = None
+            self._row_vector.clear()  # the next engine starts with zero rows
             gc.collect()
 
     def _sync_rows(self, vectors: dict[str, torch.Tensor]) -> None:
@@ -177,15 +179,17 @@ class VLLMBackend(SteeringBackend):
             ids[position] = self.extended.row_id(self._row_of[name])
         return ids
 
-    def _prepare(self, prompts: Sequence[AssembledPrompt], new_tokens: int) -> list[dict]:
-        for index, prompt in enumerate(prompts):
+    def _prepare(self, prompts: Sequence[AssembledPrompt], room: Sequence[int]) -> list[dict]:
+        """Engine inputs, after checking each prompt (and the `room` of tokens it needs after it) fits."""
+        vocab = self.extended.vocab_size
+        for index, (prompt, needed) in enumerate(zip(prompts, room)):
             if not isinstance(prompt, AssembledPrompt):
                 raise TypeError(f"prompt {index} is a {type(prompt).__name__}; pass the output of assemble()")
-            if not prompt.input_ids or min(prompt.input_ids) < 0 or max(prompt.input_ids) >= self.extended.vocab_size:
-                raise ValueError(f"prompt {index} has token ids outside the vocabulary (0..{self.extended.vocab_size - 1})")
-            if len(prompt.input_ids) + new_tokens > self.max_model_len:
-                raise ValueError(f"prompt {index} has {len(prompt.input_ids)} tokens; with {new_tokens} new tokens "
-                                 f"that exceeds max_model_len {self.max_model_len}; pass a larger max_model_len")
+            if not prompt.input_ids or min(prompt.input_ids) < 0 or max(prompt.input_ids) >= vocab:
+                raise ValueError(f"prompt {index} is empty or has token ids outside the vocabulary 0..{vocab - 1}")
+            if len(prompt.input_ids) + needed > self.max_model_len:
+                raise PromptFileError(f"prompt {index} has {len(prompt.input_ids)} tokens and needs {needed} more, "
+                                      f"over max_model_len {self.max_model_len}; pass a larger max_model_len")
         self._sync_rows(self.vectors_for(prompts))
         return [{"prompt_token_ids": self.token_ids(prompt)} for prompt in prompts]
 
@@ -196,7 +200,7 @@ class VLLMBackend(SteeringBackend):
         from vllm import SamplingParams
         if not prompts:
             return []
-        inputs = self._prepare(prompts, config.max_new_tokens)
+        inputs = self._prepare(prompts, [config.max_new_tokens] * len(prompts))
         sampling = SamplingParams(max_tokens=config.max_new_tokens, temperature=config.temperature,
                                   top_p=config.top_p if config.temperature > 0 else 1.0,
                                   seed=config.seed if config.temperature > 0 else None,
@@ -215,7 +219,7 @@ class VLLMBackend(SteeringBackend):
         if not requests:
             return []
         targets = [self.tokenizer.encode(continuation, add_special_tokens=False) for _, continuation in requests]
-        inputs = self._prepare([prompt for prompt, _ in requests], 1)
+        inputs = self._prepare([prompt for prompt, _ in requests], [len(target) + 1 for target in targets])
         for item, target in zip(inputs, targets):
             item["prompt_token_ids"] = item["prompt_token_ids"] + target
         scored = [(i, item) for i, (item, target) in enumerate(zip(inputs, targets)) if target]
