@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Set up .venv (if needed), fetch the default model, and run the main job on it.
+# Set up .venv (if needed), fetch the default model, and run the main job on it:
+# the shipped steering tokens against the text instruction (german; german <and> words_10_50 in both orders)
+# on held-out test prompts through the vLLM backend, then lm-eval's compose_2 task with steering_vllm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/steer-eval models fetch smollm2-135m
 out=runs/main_job
 mkdir -p "$out"
-# The shipped steering tokens (models/SmolLM2-135M-Instruct/steering_tokens) against the text instruction.
-for steering in "german" "german <and> words_10_50"; do
-  name=$(echo "$steering" | tr -d '<>' | tr ' ' '+')
-  for method in text steering; do
-    .venv/bin/steer-eval infer --model_path smollm2-135m --steering $steering --control-method $method \
-      --limit 32 --max-new-tokens 128 --silent --output "$out/${method}_${name}.jsonl" \
-      | tee "$out/${method}_${name}.summary.json"
-  done
-done
+.venv/bin/steer-eval grid --backend vllm --model smollm2-135m --control-method steering text \
+  --k 1 2 --combination german --combination german+words_10_50 --num-prompts 32 --max-new-tokens 128 \
+  --output-dir "$out/grid"
+.venv/bin/steer-eval analyze "$out/grid" --plot "$out/grid/summary.png" > "$out/grid/summary.md"
+cat "$out/grid/summary.md"
+.venv/bin/lm_eval --model steering_vllm --model_args pretrained=smollm2-135m,control_method=steering \
+  --tasks compose_2 --include_path tasks --limit 8 --output_path "$out/lm_eval" --log_samples
+echo "main job done: records, summary.md/summary.png and lm-eval results under $out/"
