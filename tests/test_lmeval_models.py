@@ -138,3 +138,12 @@ def test_data_parallel_ray_actors_give_the_single_process_answers(tiny_model_dir
         assert pooled.backend.name == "hf"
     finally:
         pooled.backend.shutdown()
+
+
+def test_missing_tokens_fail_before_any_generation(tiny_model_dir, tmp_path):
+    from steer_eval.tokens import TokenError
+    empty = HFBackend(str(tiny_model_dir), tokens_dir=tmp_path, batch_size=4)
+    lm = SteeringHFLM(backend=empty, control_method="steering")
+    doc = compose_documents(2, "seen")[0]
+    with pytest.raises(TokenError, match=r"need steering tokens .*<and>.*available: none.*control_method=text"):
+        lm.generate_until([request(doc["text_input"], doc, {"until": [], "max_gen_toks": 4})])

@@ -20,8 +20,9 @@ from steer_eval.backends.base import GenerationConfig
 from steer_eval.behaviors import AND_TOKEN, BehaviorError, resolve
 from steer_eval.cli import parse_steering
 from steer_eval.lmeval.tasks import SteeredResponse
-from steer_eval.models import DEFAULT_MODEL, ModelError, resolve_model_path
+from steer_eval.models import DEFAULT_MODEL, ModelError, model_label, resolve_model_path
 from steer_eval.runner import BackendPool, BackendSpec
+from steer_eval.tokens import TokenError, TokenStore, default_tokens_dir
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class SteeringLM(LM):
         else:
             self.backend = self.build_backend(spec)
         self.tokenizer = self.backend.tokenizer
+        self.token_store = getattr(self.backend, "store", None) or TokenStore(
+            tokens_dir or default_tokens_dir(model_label(self.pretrained)))
         self.max_length = int(max_length) if max_length else self._model_context_length()
         self._rendered_chats: dict[str, list[dict]] = {}
 
@@ -147,8 +150,20 @@ class SteeringLM(LM):
                                 seed=self.seed, stop=tuple(until))
 
     # --- lm-eval API -------------------------------------------------------------------------------------
+    def _require_tokens(self, prompts: list[AssembledPrompt]) -> None:
+        """Fail before any generation when a requested steering token is not in the store."""
+        available = set(self.token_store.names())
+        missing = sorted({name for p in prompts for name in p.token_names} - available)
+        if missing:
+            raise TokenError(
+                f"these requests need steering tokens {', '.join(missing)}, which {self.token_store.directory} lacks "
+                f"(available: {', '.join(sorted(available)) or 'none'}); train them (trainers/train.py), pass "
+                "tokens_dir=<folder that has them>, evaluate tasks whose behaviours have tokens (e.g. steer_german), "
+                "or use control_method=text")
+
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         prompts = [self.assembled(request) for request in requests]
+        self._require_tokens(prompts)
         by_config: dict[GenerationConfig, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
             by_config[self.generation_config(request.args[1])].append(index)
@@ -163,6 +178,7 @@ class SteeringLM(LM):
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """log p(continuation | assembled prompt): the continuation is scored as the start of the reply."""
         pairs = [(self.assembled(request), request.args[1]) for request in requests]
+        self._require_tokens([prompt for prompt, _ in pairs])
         results = self.backend.loglikelihood(pairs)
         for request, result in zip(requests, results):
             self.cache_hook.add_partial("loglikelihood", request.args, result)
