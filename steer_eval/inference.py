@@ -15,17 +15,22 @@ from steer_eval.scoring import scorer_spec, verify
 CHUNK = 32  # records reach disk every CHUNK prompts, so an interrupt loses at most one chunk
 
 
+def parse_jsonl(text: str) -> list[dict]:
+    """One record per line; a line cut short by a crash is skipped (that request runs again)."""
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def read_records(path: Path | None) -> list[dict]:
     """Records already written to a JSONL file (none if it doesn't exist)."""
     if path is None or not path.is_file():
         return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash; that request runs again
-    return records
+    return parse_jsonl(path.read_text(encoding="utf-8"))
 
 
 def summarize(records: Sequence[dict], behaviors: Sequence[str]) -> dict:

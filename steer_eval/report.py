@@ -1,19 +1,14 @@
 """Tables and plots of grid results, grouped by setting (control method, mode) and number of behaviours."""
 from __future__ import annotations
 
-import json
 import tarfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 from steer_eval.analysis import summarize
-from steer_eval.inference import read_records
+from steer_eval.inference import parse_jsonl, read_records
 from steer_eval.scoring import verify
-
-
-def _jsonl_lines(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def load_records(path: str | Path) -> list[dict]:
@@ -28,7 +23,7 @@ def load_records(path: str | Path) -> list[dict]:
         with tarfile.open(path) as archive:
             records = [r for member in sorted(archive.getmembers(), key=lambda m: m.name)
                        if member.isfile() and member.name.endswith(".jsonl")
-                       for r in _jsonl_lines(archive.extractfile(member).read().decode("utf-8"))]
+                       for r in parse_jsonl(archive.extractfile(member).read().decode("utf-8"))]
     else:
         records = read_records(path)
     return [r if "followed" in r else {**r, **verify(r["behaviors"], r["response"]).as_dict()} for r in records]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/build_data.py` from a checkout
 from steer_eval.behaviors import AND_TOKEN, BehaviorError, compatible_combinations, get_behavior, resolve  # noqa: E402
+from steer_eval.inference import append_jsonl, read_records  # noqa: E402
 from steer_eval.prompts import load_prompts  # noqa: E402
 from steer_eval.scoring import scorer_spec, verify  # noqa: E402
 
@@ -47,15 +48,7 @@ def pair_targets(behaviors, pairs) -> list[tuple]:
 
 
 def read_done(path: Path) -> dict[str, dict]:
-    done = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # cut short by an interrupt; generated again
-            done[record["id"]] = record
-    return done
+    return {record["id"]: record for record in read_records(path)}
 
 
 def make_backend(args):
@@ -113,8 +106,7 @@ def build(args) -> list[Path]:
             for target, records in by_target.items():
                 progress_path = target_path(out_dir, target, args.split).with_suffix(".all.jsonl")
                 progress_path.parent.mkdir(parents=True, exist_ok=True)
-                with progress_path.open("a", encoding="utf-8") as handle:
-                    handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+                append_jsonl(progress_path, records)
             bar.update(len(chunk))
 
     written = []
