@@ -63,6 +63,20 @@ def join_instructions(instructions: Sequence[str]) -> str:
     return " and ".join(parts) + "."
 
 
+def parse_steering(items: Sequence[str], mode: str | None) -> tuple[list[str], str]:
+    """['german', '<and>', 'words_10_50'] -> (['german', 'words_10_50'], 'composition')."""
+    behaviors = [item for item in items if item != AND_TOKEN]
+    has_and = AND_TOKEN in items
+    if has_and:
+        expected = [x for b in behaviors for x in (AND_TOKEN, b)][1:]
+        if list(items) != expected:
+            raise BehaviorError(f"put {AND_TOKEN} between every two behaviours, e.g. german {AND_TOKEN} words_10_50")
+        if mode not in (None, "composition"):
+            raise BehaviorError(f"{AND_TOKEN} in --steering means mode composition, not {mode}")
+        return behaviors, "composition"
+    return behaviors, mode or ("concatenation" if len(behaviors) > 1 else "composition")
+
+
 def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
     if value not in allowed:
         raise BehaviorError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")

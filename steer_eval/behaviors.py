@@ -8,6 +8,8 @@ from functools import cache
 from importlib import resources
 from typing import Iterable, Iterator
 
+from steer_eval.errors import UserError
+
 AND_TOKEN = "<and>"
 
 CATEGORIES = ("language", "length", "format", "structure", "extra")
@@ -69,7 +71,7 @@ _CROSS_CATEGORY_CONFLICTS = frozenset(
 )
 
 
-class BehaviorError(ValueError):
+class BehaviorError(UserError, ValueError):
     """A user-facing problem with the behaviours asked for."""
 
 

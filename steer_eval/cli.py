@@ -1,47 +1,47 @@
-"""The `steer-eval` command line: behaviours, verify, models fetch, generate, infer."""
+"""The `steer-eval` command line: behaviours, verify, models fetch, generate, infer, grid, analyze.
+
+The library never imports this module. Every problem a user can fix is a `UserError`: one line on stderr, exit 2.
+"""
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Sequence
 
-from steer_eval.behaviors import AND_TOKEN, BEHAVIORS, BehaviorError
-from steer_eval.models import DEFAULT_MODEL, ModelError
-from steer_eval.prompts import PromptFileError
-from steer_eval.tokens import TokenError
-
-USER_ERRORS = (BehaviorError, TokenError, ModelError, PromptFileError)
-
-
-def parse_steering(items: Sequence[str], mode: str | None) -> tuple[list[str], str]:
-    """['german', '<and>', 'words_10_50'] -> (['german', 'words_10_50'], 'composition')."""
-    behaviors = [item for item in items if item != AND_TOKEN]
-    has_and = AND_TOKEN in items
-    if has_and:
-        expected = [x for b in behaviors for x in (AND_TOKEN, b)][1:]
-        if list(items) != expected:
-            raise BehaviorError(f"put {AND_TOKEN} between every two behaviours, e.g. german {AND_TOKEN} words_10_50")
-        if mode not in (None, "composition"):
-            raise BehaviorError(f"{AND_TOKEN} in --steering means mode composition, not {mode}")
-        return behaviors, "composition"
-    return behaviors, mode or ("concatenation" if len(behaviors) > 1 else "composition")
+from steer_eval.backends.spec import DEFAULT_HF_BATCH_SIZE
+from steer_eval.behaviors import AND_TOKEN, BEHAVIORS
+from steer_eval.errors import UserError
+from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS
+from steer_eval.models import DEFAULT_MODEL
 
 
-def _add_generation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_generation_options(parser: argparse.ArgumentParser, backend_default: str) -> None:
+    parser.add_argument("--backend", choices=("hf", "vllm"), default=backend_default)
+    parser.add_argument("--tokens-dir", "--tokens_dir", dest="tokens_dir", default=None,
+                        help="folder holding <name>/vector.safetensors (default: models/<MODEL>/steering_tokens)")
+    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=_positive,
+                        default=DEFAULT_MAX_NEW_TOKENS)
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="sampling seed; also picks the instruction paraphrases of text/hybrid control")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive,
+                        default=DEFAULT_HF_BATCH_SIZE, help="HF backend only (vLLM schedules its own batches)")
+
+
+def _add_steering_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steering", nargs="+", default=[], metavar="T",
                         help=f"behaviours in order; put {AND_TOKEN} between them for composition")
     parser.add_argument("--control-method", "--control_method", dest="control_method",
                         choices=("steering", "text", "hybrid"), default="steering")
     parser.add_argument("--mode", choices=("composition", "concatenation", "native_and"), default=None)
-    parser.add_argument("--tokens-dir", "--tokens_dir", dest="tokens_dir", default=None,
-                        help="folder holding <name>/vector.safetensors (default: models/<MODEL>/steering_tokens)")
-    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,21 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--model", default=DEFAULT_MODEL)
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--verify", action="store_true", help="also print the verdict as JSON")
-    _add_generation_options(generate)
+    _add_steering_options(generate)
+    _add_generation_options(generate, backend_default="hf")
 
-    infer = commands.add_parser("infer", help="run a prompt file, write one record per prompt, print accuracy")
+    infer = commands.add_parser("infer", help="run a prompt file with one setting: a one-setting grid")
     infer.add_argument("--data_path", "--data-path", dest="data_path", default="bundled",
                        help="JSON/JSONL prompt file, or 'bundled' for the bundled test split")
     infer.add_argument("--model_path", "--model-path", "--model", dest="model_path", default=DEFAULT_MODEL)
-    infer.add_argument("--limit", type=int, default=None, help="only the first N prompts")
-    infer.add_argument("--output", default=None, help="JSONL file for the records (resumes if it exists)")
+    infer.add_argument("--limit", type=_positive, default=None, help="only the first N prompts")
+    infer.add_argument("--output", default=None,
+                       help="JSONL file for the records, with OUTPUT's manifest beside it (resumes if it exists)")
+    infer.add_argument("--restart", action="store_true",
+                       help="move the records already in --output aside (kept, renamed) and start over")
     infer.add_argument("--silent", action="store_true", help="no per-prompt printing")
-    _add_generation_options(infer)
+    _add_steering_options(infer)
+    _add_generation_options(infer, backend_default="hf")
 
     grid = commands.add_parser("grid", help="every order of every combination, on Ray actors or in-process")
     grid.add_argument("--model", "--model_path", dest="model", default=DEFAULT_MODEL)
-    grid.add_argument("--backend", choices=("hf", "vllm"), default="vllm")
-    grid.add_argument("--tokens-dir", "--tokens_dir", dest="tokens_dir", default=None)
     grid.add_argument("--control-method", "--control_method", dest="control_methods", nargs="+",
                       choices=("steering", "text", "hybrid"), default=["steering"])
     grid.add_argument("--mode", dest="modes", nargs="+", choices=("composition", "concatenation", "native_and"),
@@ -87,16 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
                       choices=(1, 2, 3, 4), help="numbers of behaviours to compose")
     grid.add_argument("--combination", action="append", default=None, metavar="B1+B2",
                       help="only these combinations (repeatable), e.g. german+words_10_50")
-    grid.add_argument("--max-combinations", type=int, default=None, help="seeded subsample per k")
+    grid.add_argument("--max-combinations", type=_positive, default=None, help="seeded subsample per k")
     grid.add_argument("--data_path", "--data-path", dest="data_path", default="bundled")
-    grid.add_argument("--num-prompts", "--num_samples", dest="num_prompts", type=int, default=50)
-    grid.add_argument("--output-dir", required=True, help="records.jsonl and summary go here (resumable)")
+    grid.add_argument("--num-prompts", "--num_samples", dest="num_prompts", type=_positive, default=50)
+    grid.add_argument("--output-dir", required=True,
+                      help="records.jsonl and its manifest go here; the same command resumes")
+    grid.add_argument("--restart", action="store_true",
+                      help="move the folder's records aside (kept, renamed) and start over")
     grid.add_argument("--actors", type=int, default=0, help="Ray actors, one backend each (0: in this process)")
     grid.add_argument("--address", default=None, help="Ray cluster address, e.g. auto (default: local Ray)")
-    grid.add_argument("--chunk-size", type=int, default=64)
-    grid.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=int, default=256)
-    grid.add_argument("--seed", type=int, default=0)
-    grid.add_argument("--temperature", type=float, default=0.0)
+    grid.add_argument("--chunk-size", type=_positive, default=64, help="requests per backend call")
+    _add_generation_options(grid, backend_default="vllm")
 
     analyze = commands.add_parser("analyze", help="tables and plots from grid or infer records")
     analyze.add_argument("records", help="a records JSONL file, a folder of them (grid output) or a .tar.gz")
@@ -105,18 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _backend(args, model_spec: str):
-    if args.backend == "vllm":
-        # vLLM logs to stdout by default; keep stdout for the response and the summary JSON.
-        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-        from steer_eval.backends.vllm import VLLMBackend
-        return VLLMBackend(model_spec, tokens_dir=args.tokens_dir)
-    from steer_eval.backends.hf import HFBackend
-    return HFBackend(model_spec, tokens_dir=args.tokens_dir, batch_size=args.batch_size)
+def _backend_spec(args, model: str):
+    from steer_eval.backends.spec import BackendSpec
+    options = {"batch_size": args.batch_size} if args.backend == "hf" else {}
+    return BackendSpec(args.backend, model, args.tokens_dir, options)
 
 
 def _generation_config(args):
-    from steer_eval.backends.base import GenerationConfig
+    from steer_eval.generation import GenerationConfig
     return GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
 
 
@@ -143,21 +143,49 @@ def run(args) -> int:
         return _grid(args)
     if args.command == "analyze":
         return _analyze(args)
-    behaviors, mode = parse_steering(args.steering, args.mode)
     if args.command == "generate":
-        from steer_eval.scoring import verify
-        backend = _backend(args, args.model)
-        assembled = backend.assemble(args.prompt, behaviors, control_method=args.control_method, mode=mode,
-                                     paraphrase_seed=args.seed)
-        response = backend.generate([assembled], _generation_config(args), progress=False)[0]
-        print(response)
-        if args.verify:
-            print(json.dumps(verify(behaviors, response).as_dict()))
-        return 0
-    from steer_eval.inference import run_inference
-    summary = run_inference(_backend(args, args.model_path), args.data_path, behaviors,
-                            control_method=args.control_method, mode=mode, config=_generation_config(args),
-                            limit=args.limit, output=args.output, silent=args.silent)
+        return _generate(args)
+    return _infer(args)
+
+
+def _generate(args) -> int:
+    from steer_eval.assembly import parse_steering
+    from steer_eval.scoring import verify
+
+    behaviors, mode = parse_steering(args.steering, args.mode)
+    backend = _backend_spec(args, args.model).build()
+    assembled = backend.assemble(args.prompt, behaviors, control_method=args.control_method, mode=mode,
+                                 paraphrase_seed=args.seed)
+    response = backend.generate([assembled], _generation_config(args), progress=False)[0]
+    print(response)
+    if args.verify:
+        print(json.dumps(verify(behaviors, response).as_dict()))
+    return 0
+
+
+def _infer(args) -> int:
+    from steer_eval.analysis import behavior_accuracy
+    from steer_eval.assembly import parse_steering
+    from steer_eval.prompts import load_prompts
+    from steer_eval.records import Request
+    from steer_eval.runner import run as run_requests
+
+    behaviors, mode = parse_steering(args.steering, args.mode)
+    requests = [Request(p.id, p.prompt, tuple(behaviors), args.control_method, mode, paraphrase_seed=args.seed)
+                for p in load_prompts(args.data_path)[:args.limit]]
+
+    def show(records) -> None:
+        if not args.silent:
+            from tqdm.auto import tqdm
+            for record in records:
+                tqdm.write(f"[{'ok' if record.followed else 'x '}] {record.request.prompt[:60]!r} -> "
+                           f"{record.response[:80]!r}", file=sys.stderr)
+
+    spec = _backend_spec(args, args.model_path)
+    records = run_requests(requests, spec, _generation_config(args), args.output, progress=not args.silent,
+                           restart=args.restart, on_records=show)
+    summary = {"behaviors": behaviors, "control_method": args.control_method, "mode": mode,
+               "backend": spec.backend, "model": spec.model, "n": len(records), **behavior_accuracy(records)}
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -166,26 +194,29 @@ def _grid(args) -> int:
     from steer_eval.grid import build_grid
     from steer_eval.prompts import load_prompts
     from steer_eval.report import group_summaries, markdown_table
-    from steer_eval.runner import BackendSpec, run_grid
+    from steer_eval.runner import RECORDS_FILE
+    from steer_eval.runner import run as run_requests
 
     only = [c.split("+") for c in args.combination] if args.combination else None
     prompts = load_prompts(args.data_path)[:args.num_prompts]
-    items = build_grid(prompts, args.ks, args.control_methods, args.modes, args.max_combinations, args.seed, only)
-    if not items:
-        raise BehaviorError("the grid is empty: check --k against --combination")
-    spec = BackendSpec(args.backend, args.model, args.tokens_dir)
-    records = run_grid(items, spec, _generation_config(args), args.output_dir, actors=args.actors,
-                       address=args.address, chunk_size=args.chunk_size)
+    requests = build_grid(prompts, args.ks, args.control_methods, args.modes, args.max_combinations, args.seed, only)
+    if not requests:
+        raise UserError("the grid is empty: every --combination has a size not in --k; add its size to --k")
+    from pathlib import Path
+    records = run_requests(requests, _backend_spec(args, args.model), _generation_config(args),
+                           Path(args.output_dir) / RECORDS_FILE, actors=args.actors, address=args.address,
+                           chunk_size=args.chunk_size, restart=args.restart)
     print(markdown_table(group_summaries(records)))
     return 0
 
 
 def _analyze(args) -> int:
-    from steer_eval.report import group_summaries, load_records, markdown_table, plot
+    from steer_eval.records import load_records
+    from steer_eval.report import group_summaries, markdown_table, plot
 
     records = load_records(args.records)
     if not records:
-        raise PromptFileError(f"no records in {args.records} (give a JSONL file, a folder of them or a .tar.gz)")
+        raise UserError(f"no records in {args.records} (give a JSONL file, a folder of them or a .tar.gz)")
     summaries = group_summaries(records)
     if args.json:
         print(json.dumps([{"control_method": c, "mode": m, "k": k, **s} for (c, m, k), s in summaries.items()],
@@ -201,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except USER_ERRORS as error:
+    except UserError as error:
         print(f"steer-eval: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,35 +3,11 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
 from typing import Sequence
 
 from steer_eval.behaviors import Behavior, compatible_combinations, resolve
 from steer_eval.prompts import Prompt
-
-
-@dataclass(frozen=True)
-class GridItem:
-    prompt_id: str
-    prompt: str
-    behaviors: tuple[str, ...]  # in the order given to the model
-    control_method: str
-    mode: str
-
-    @property
-    def key(self) -> str:
-        return item_key(self.prompt_id, self.behaviors, self.control_method, self.mode)
-
-    def request(self) -> tuple:
-        return (self.prompt_id, self.prompt, self.behaviors, self.control_method, self.mode)
-
-
-def item_key(prompt_id: str, behaviors: Sequence[str], control_method: str, mode: str) -> str:
-    return f"{control_method}|{mode}|{'>'.join(behaviors)}|{prompt_id}"
-
-
-def record_key(record: dict) -> str:
-    return item_key(record["id"], record["behaviors"], record["control_method"], record["mode"])
+from steer_eval.records import Request
 
 
 def combinations_for(k: int, max_combinations: int | None = None, seed: int = 0,
@@ -48,8 +24,11 @@ def combinations_for(k: int, max_combinations: int | None = None, seed: int = 0,
 
 def build_grid(prompts: Sequence[Prompt], ks: Sequence[int], control_methods: Sequence[str], modes: Sequence[str],
                max_combinations: int | None = None, seed: int = 0,
-               only: Sequence[Sequence[str]] | None = None) -> list[GridItem]:
-    """All orders of each combination are adjacent, so a partial run still compares complete order sets."""
+               only: Sequence[Sequence[str]] | None = None) -> list[Request]:
+    """All orders of each combination are adjacent, so a partial run still compares complete order sets.
+
+    `seed` picks the combination subsample and the instruction paraphrases (text and hybrid control).
+    """
     items = []
     for k in ks:
         for combo in combinations_for(k, max_combinations, seed, only):
@@ -57,5 +36,5 @@ def build_grid(prompts: Sequence[Prompt], ks: Sequence[int], control_methods: Se
                 for control_method in control_methods:
                     # One behaviour has nothing to join, and text instructions are joined the same way in every mode.
                     for mode in (modes if k > 1 and control_method != "text" else modes[:1]):
-                        items.extend(GridItem(p.id, p.prompt, order, control_method, mode) for p in prompts)
+                        items.extend(Request(p.id, p.prompt, order, control_method, mode, paraphrase_seed=seed) for p in prompts)
     return items

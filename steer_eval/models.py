@@ -12,6 +12,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from steer_eval.errors import UserError
+
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -37,7 +39,7 @@ EMBEDDED_MODELS = {
 MANIFEST = "steer_eval_manifest.json"
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """A user-facing problem obtaining or loading a model."""
 
 

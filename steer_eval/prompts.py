@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from steer_eval.errors import UserError
+
 SPLITS = ("train", "val", "test")
 _PROMPT_KEYS = ("prompt", "instruction", "question", "input", "text")
 
@@ -18,7 +20,7 @@ class Prompt:
     split: str = ""
 
 
-class PromptFileError(ValueError):
+class PromptFileError(UserError, ValueError):
     """A user-facing problem reading a prompt file."""
 
 

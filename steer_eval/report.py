@@ -1,41 +1,30 @@
 """Tables and plots of grid results, grouped by setting (control method, mode) and number of behaviours."""
 from __future__ import annotations
 
-import tarfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 from steer_eval.analysis import summarize
-from steer_eval.inference import parse_jsonl, read_records
-from steer_eval.scoring import verify
+from steer_eval.errors import UserError
+from steer_eval.records import Record
 
 
-def load_records(path: str | Path) -> list[dict]:
-    """Records from a JSONL file, a folder of them (a grid's output), or a .tar.gz of JSONL files.
-
-    Records stored without verdicts (responses only) are judged here with the current verifiers.
-    """
-    path = Path(path)
-    if path.is_dir():
-        records = [r for file in sorted(path.glob("*.jsonl")) for r in read_records(file)]
-    elif path.name.endswith(".tar.gz"):
-        with tarfile.open(path) as archive:
-            records = [r for member in sorted(archive.getmembers(), key=lambda m: m.name)
-                       if member.isfile() and member.name.endswith(".jsonl")
-                       for r in parse_jsonl(archive.extractfile(member).read().decode("utf-8"))]
-    else:
-        records = read_records(path)
-    return [r if "followed" in r else {**r, **verify(r["behaviors"], r["response"]).as_dict()} for r in records]
-
-
-def group_summaries(records: Sequence[dict]) -> dict[tuple[str, str, int], dict]:
-    groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+def group_summaries(records: Sequence[Record]) -> dict[tuple[str, str, int], dict]:
+    """Summaries per (control method, mode, k); a record counted once even if a file holds it twice."""
+    groups: dict[tuple[str, str, int], dict[str, Record]] = defaultdict(dict)
+    runs: dict[tuple[str, str, int], set[str]] = defaultdict(set)
     for record in records:
         # Text instructions are joined the same way whatever the mode, so text runs form one setting.
-        mode = "-" if record["control_method"] == "text" else record["mode"]
-        groups[(record["control_method"], mode, len(record["behaviors"]))].append(record)
-    return {key: summarize(group) for key, group in sorted(groups.items())}
+        mode = "-" if record.control_method == "text" else record.mode
+        key = (record.control_method, mode, len(record.behaviors))
+        groups[key].setdefault(record.key, record)
+        runs[key].add(record.run)
+    for key, run_ids in runs.items():
+        if len(run_ids) > 1:
+            raise UserError(f"records of different runs ({', '.join(sorted(r or '?' for r in run_ids))}) share the "
+                            f"setting {'/'.join(map(str, key))}; analyze each run's records separately")
+    return {key: summarize(list(group.values())) for key, group in sorted(groups.items())}
 
 
 def _percent(value) -> str:
@@ -43,14 +32,16 @@ def _percent(value) -> str:
 
 
 def markdown_table(summaries: dict[tuple[str, str, int], dict]) -> str:
-    lines = ["| control | mode | k | n | combos | acc seen | acc unseen | acc all | best order | Δmax mean | Δmax max |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """One row per setting; best order and Δmax come from complete order sets only (`incomplete` = records left out)."""
+    lines = ["| control | mode | k | n | combos | acc seen | acc unseen | acc all | best order | Δmax mean | Δmax max "
+             "| incomplete |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (control, mode, k), s in summaries.items():
         a = s["all"]
         lines.append(f"| {control} | {mode} | {k} | {s['generations']} | {a['combinations']} | "
                      f"{_percent(s['seen'].get('accuracy'))} | {_percent(s['unseen'].get('accuracy'))} | "
                      f"{_percent(a.get('accuracy'))} | {_percent(a.get('best_order_accuracy'))} | "
-                     f"{_percent(a.get('order_variance'))} | {_percent(a.get('order_variance_max'))} |")
+                     f"{_percent(a.get('order_variance'))} | {_percent(a.get('order_variance_max'))} | "
+                     f"{a.get('incomplete_records', 0)} |")
     return "\n".join(lines)
 
 

@@ -8,6 +8,9 @@ from steer_eval import __version__
 from steer_eval.behaviors import Behavior, resolve
 from steer_eval.verifiers import run_verifier
 
+# Bump when a verifier's rule changes: a run's verdicts are only comparable under one version.
+SCORER_VERSION = 1
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -29,5 +32,5 @@ def verify(behaviors: Sequence[str | Behavior], text: str) -> Verdict:
 
 def scorer_spec(behaviors: Sequence[str]) -> dict:
     """Written next to every result so any number can be regenerated: which verifier, which parameters."""
-    return {"scorer": "steer_eval.scoring.verify", "version": __version__,
+    return {"scorer": "steer_eval.scoring.verify", "version": SCORER_VERSION, "package_version": __version__,
             "verifiers": [b.spec() for b in resolve(behaviors)]}

@@ -11,12 +11,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from steer_eval.errors import UserError
+
 VECTOR_FILE = "vector.safetensors"
 METADATA_FILE = "metadata.json"
 REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 
-class TokenError(RuntimeError):
+class TokenError(UserError, RuntimeError):
     """A user-facing problem with steering-token files."""
 
 
@@ -44,6 +46,12 @@ def embedding_fingerprint(embedding_weight: torch.Tensor) -> str:
     return hashlib.sha256(as_bf16.view(torch.int16).numpy().tobytes()).hexdigest()[:16]
 
 
+def vector_fingerprint(vector: torch.Tensor) -> str:
+    """A hash of a steering vector's exact values (float32): a retrained token gets a new fingerprint."""
+    values = vector.detach().to("cpu", torch.float32).contiguous()
+    return hashlib.sha256(values.numpy().tobytes()).hexdigest()[:16]
+
+
 @dataclass(eq=False)
 class SteeringToken:
     name: str
@@ -58,6 +66,10 @@ class SteeringToken:
         if self.vector.shape[0] != self.model.hidden_size:
             raise TokenError(f"steering token {self.name!r} has {self.vector.shape[0]} dims but "
                              f"{self.model.describe()} needs {self.model.hidden_size}")
+
+    @property
+    def fingerprint(self) -> str:
+        return vector_fingerprint(self.vector)
 
     def __eq__(self, other) -> bool:
         return (isinstance(other, SteeringToken) and self.name == other.name

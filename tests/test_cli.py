@@ -62,9 +62,43 @@ def test_infer_writes_records_and_resumes(tiny_model_dir, tmp_path):
     summary = json.loads(cli(*args).stdout)
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert summary["n"] == 3 and len(records) == 3
-    assert {"prompt", "response", "followed", "per_behavior", "scorer", "instruction"} <= set(records[0])
+    assert {"prompt", "response", "followed", "per_behavior", "scorer", "instruction", "run"} <= set(records[0])
+    assert (tmp_path / "out.manifest.json").is_file()
     cli(*args)
     assert len(output.read_text().splitlines()) == 3  # resumed: nothing generated twice
+
+
+def test_infer_into_one_output_never_mixes_runs(tiny_model_dir, tiny_tokens_dir, tmp_path):
+    """The issue's cases, as a user types them: another control method, other behaviours, other settings."""
+    output = tmp_path / "out.jsonl"
+    common = ("infer", "--model_path", str(tiny_model_dir), "--tokens-dir", str(tiny_tokens_dir), "--limit", "2",
+              "--silent", "--output", str(output))
+    base = (*common, "--max-new-tokens", "4")
+    text = json.loads(cli(*base, "--steering", "german", "--control-method", "text").stdout)
+    steering = json.loads(cli(*base, "--steering", "german", "--control-method", "steering").stdout)
+    assert (text["control_method"], steering["control_method"]) == ("text", "steering")
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [(r["control_method"], r["steering"]) for r in rows] == [("text", [])] * 2 + [("steering", ["german"])] * 2
+    pair = json.loads(cli(*base, "--steering", "french", "<and>", "uppercase").stdout)
+    assert pair["n"] == 2 and set(pair["per_behavior"]) == {"french", "uppercase"}
+    result = cli(*common, "--max-new-tokens", "5", "--steering", "german", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "generation max_new_tokens: 4 in the folder, 5 now" in result.stderr and "--restart" in result.stderr
+    assert len(output.read_text().splitlines()) == 6
+
+
+@pytest.mark.parametrize("flag", [("--chunk-size", "0"), ("--max-combinations", "-1"), ("--num-prompts", "-1"),
+                                  ("--max-new-tokens", "0")])
+def test_grid_refuses_bad_numbers(tmp_path, flag):
+    result = cli("grid", "--output-dir", str(tmp_path), *flag, check=False)
+    assert result.returncode == 2 and "must be at least 1" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_grid_missing_tokens_fail_before_generating(tiny_model_dir, tmp_path):
+    result = cli("grid", "--model", str(tiny_model_dir), "--backend", "hf", "--tokens-dir", str(tmp_path / "none"),
+                 "--k", "2", "--combination", "german+words_10_50", "--output-dir", str(tmp_path / "g"), check=False)
+    assert result.returncode == 2 and "needs steering tokens <and>, german, words_10_50" in result.stderr
+    assert not (tmp_path / "g" / "records.jsonl").exists()
 
 
 def test_grid_then_analyze_with_plot(tiny_model_dir, tmp_path):

@@ -1,7 +1,7 @@
 """End-to-end on the real default model (SmolLM2-135M-Instruct)."""
 import pytest
 
-from steer_eval.backends.base import GenerationConfig
+from steer_eval.generation import GenerationConfig
 from steer_eval.prompts import bundled_prompts
 from steer_eval.scoring import verify
 

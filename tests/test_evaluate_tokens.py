@@ -1,14 +1,18 @@
 """The evaluation table: accuracies per condition, averaged over orders, order variance, seen/unseen split."""
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from steer_eval.backends.spec import BackendSpec
+from steer_eval.generation import GenerationConfig
+from steer_eval.prompts import load_prompts
+from steer_eval.runner import RECORDS_FILE, run
+from steer_eval.token_eval import plan, summarize
+
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("evaluate_tokens", REPO / "trainers" / "evaluate_tokens.py")
-evaluate_tokens = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate_tokens)
 
 GERMAN = "Das Wetter ist heute sehr schön und wir gehen später im Park spazieren, weil die Sonne scheint."
 ENGLISH = "The weather is very nice today and we will walk in the park later because the sun is shining."
@@ -30,9 +34,8 @@ def test_summary_numbers(tmp_path):
     _records(records, "steering", "composition", ("words_10_50", "german"), [GERMAN, ENGLISH])
     _records(records, "steering", "composition", ("spanish", "words_10_50"), [ENGLISH, ENGLISH])
     _records(records, "steering", "composition", ("words_10_50", "spanish"), [ENGLISH, ENGLISH])
-    result = evaluate_tokens.main(["summarize", "--records", str(records), "--out", str(tmp_path / "out")])
+    summarize([records], tmp_path / "out")
     table = json.loads((tmp_path / "out" / "table.json").read_text())
-    assert result == 0
     german = table["singles"]["german"]
     assert german["text"]["accuracy"] == 0.75 and german["steering"]["accuracy"] == 0.5
     assert german["steering_over_text"] == pytest.approx(2 / 3)
@@ -45,14 +48,26 @@ def test_summary_numbers(tmp_path):
     assert "| german | 4 | 75.0 | 50.0 | – | 66.7 |" in (tmp_path / "out" / "table.md").read_text()
 
 
-def test_generate_runs_the_grid_and_resumes(tiny_model_dir, tmp_path):
-    args = ["generate", "--model", str(tiny_model_dir), "--singles", "german", "--single_methods", "text",
-            "--pairs", "german+words_10_50", "--pair_conditions", "text/concatenation", "--n_single", "2",
-            "--n_pair", "2", "--max_new_tokens", "4", "--out_dir", str(tmp_path)]
-    assert evaluate_tokens.main(args) == 0
-    records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 2 + 2 * 2  # 2 prompts; the pair in both orders
-    assert {tuple(r["behaviors"]) for r in records} == {("german",), ("german", "words_10_50"),
-                                                        ("words_10_50", "german")}
-    assert evaluate_tokens.main(args) == 0  # resumed: nothing added
-    assert len((tmp_path / "records.jsonl").read_text().splitlines()) == len(records)
+def test_plan_runs_through_the_runner_and_resumes(tiny_model_dir, tmp_path):
+    requests = plan(load_prompts("bundled", "test"), ["german"], [("german", "words_10_50")], ["text"],
+                    [("text", "concatenation")], 2, 2)
+    assert len(requests) == 2 + 2 * 2  # 2 prompts; the pair in both orders
+    output = tmp_path / RECORDS_FILE
+    spec = BackendSpec("hf", str(tiny_model_dir))
+    records = run(requests, spec, GenerationConfig(max_new_tokens=4), output, progress=False)
+    assert {r.behaviors for r in records} == {("german",), ("german", "words_10_50"), ("words_10_50", "german")}
+    run(requests, spec, GenerationConfig(max_new_tokens=4), output, progress=False)
+    assert len(output.read_text().splitlines()) == len(records)  # resumed: nothing added
+
+
+def test_script_generate_and_summarize(tiny_model_dir, tmp_path):
+    script = [sys.executable, str(REPO / "trainers" / "evaluate_tokens.py")]
+    generate = [*script, "generate", "--model", str(tiny_model_dir), "--singles", "german", "--single_methods",
+                "text", "--n_single", "2", "--max_new_tokens", "3", "--out_dir", str(tmp_path / "records")]
+    subprocess.run(generate, check=True, capture_output=True)
+    subprocess.run([*script, "summarize", "--records", str(tmp_path / "records"), "--out", str(tmp_path / "out")],
+                   check=True, capture_output=True)
+    assert json.loads((tmp_path / "out" / "table.json").read_text())["singles"]["german"]["text"]["n"] == 2
+    changed = subprocess.run([*generate[:-4], "--max_new_tokens", "4", "--out_dir", str(tmp_path / "records")],
+                             capture_output=True, text=True)
+    assert changed.returncode == 2 and "max_new_tokens: 3 in the folder, 4 now" in changed.stderr

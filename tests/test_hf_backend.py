@@ -1,7 +1,7 @@
 """HF backend mechanics on a tiny random Llama, checked against plain token-id computation."""
 import torch
 
-from steer_eval.backends.base import GenerationConfig
+from steer_eval.generation import GenerationConfig
 
 PROMPTS = ["Why do cats purr?", "Describe a thunderstorm over the sea at night.", "Hi"]
 

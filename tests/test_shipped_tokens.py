@@ -1,7 +1,7 @@
 """The steering tokens shipped for the default model load on CPU, match its embedding space, and steer."""
 import pytest
 
-from steer_eval.backends.base import GenerationConfig
+from steer_eval.generation import GenerationConfig
 from steer_eval.behaviors import AND_TOKEN
 from steer_eval.prompts import bundled_prompts
 from steer_eval.scoring import verify

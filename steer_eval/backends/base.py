@@ -1,34 +1,25 @@
-"""What every backend shares: generation settings, the token store bound to a model, and input checks."""
+"""What every backend shares: the token store bound to a model, input checks, and the interface."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from steer_eval.assembly import AssembledPrompt, assemble
+from steer_eval.generation import GenerationConfig
 from steer_eval.models import model_label
-from steer_eval.tokens import ModelIdentity, TokenStore, default_tokens_dir, load_vectors
+from steer_eval.tokens import ModelIdentity, TokenError, TokenStore, default_tokens_dir, load_vectors
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 = greedy, as in the paper
-    top_p: float = 1.0
-    seed: int = 0
-    stop: tuple[str, ...] = field(default_factory=tuple)
-
-    def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-
-    def as_dict(self) -> dict:
-        """JSON-ready (lists, not tuples), so a record read back from disk equals the one written."""
-        return {**asdict(self), "stop": list(self.stop)}
+def check_vector(name: str, vector: torch.Tensor, hidden_size: int) -> None:
+    """A steering vector must be finite and of the model's hidden size: a NaN would silently yield empty text."""
+    if vector.shape != (hidden_size,) or not vector.dtype.is_floating_point:
+        raise TokenError(f"steering vector {name!r} must be a float tensor of shape ({hidden_size},), "
+                         f"got {vector.dtype} {tuple(vector.shape)}")
+    if not torch.isfinite(vector).all():
+        raise TokenError(f"steering vector {name!r} contains NaN or inf; retrain it or load another token")
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -36,8 +27,8 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     return text if cut < 0 else text[:cut]
 
 
-class SteeringBackend:
-    """A model with its tokenizer, input-embedding matrix and steering tokens; subclasses generate."""
+class SteeringBackend(ABC):
+    """A model with its tokenizer, input-embedding matrix and steering tokens; subclasses generate and score."""
 
     name = "base"
 
@@ -56,17 +47,37 @@ class SteeringBackend:
         names = {name for p in prompts for name in p.token_names}
         missing = sorted(names - self._vectors.keys())
         if missing:
-            self._vectors.update(load_vectors(self.store, missing, self.identity))
+            loaded = load_vectors(self.store, missing, self.identity)
+            for name, vector in loaded.items():
+                check_vector(name, vector, self.identity.hidden_size)
+            self._vectors.update(loaded)
         return {name: self._vectors[name] for name in names}
 
     def add_vectors(self, vectors: dict[str, torch.Tensor]) -> None:
         """Use these vectors (e.g. fresh from training) instead of the store's, checked for shape."""
         for name, vector in vectors.items():
-            if vector.shape != (self.identity.hidden_size,):
-                raise ValueError(f"steering vector {name!r} has shape {tuple(vector.shape)}, "
-                                 f"expected ({self.identity.hidden_size},)")
+            check_vector(name, vector, self.identity.hidden_size)
             self._vectors[name] = vector.detach().float().cpu()
 
+    @property
+    def fingerprint(self) -> str:
+        """The loaded model as a run identity sees it: input-embedding fingerprint and the dtype it runs in."""
+        return f"{self.identity.fingerprint}/{str(self.dtype).removeprefix('torch.')}"
+
+    @property
+    @abstractmethod
+    def dtype(self) -> torch.dtype:
+        """The dtype the model computes in."""
+
+    @abstractmethod
     def generate(self, prompts: Sequence[AssembledPrompt], config: GenerationConfig = GenerationConfig(),
                  progress: bool = True) -> list[str]:
-        raise NotImplementedError
+        """One response per assembled prompt, in order."""
+
+    @abstractmethod
+    def loglikelihood(self, requests: Sequence[tuple[AssembledPrompt, str]],
+                      progress: bool = True) -> list[tuple[float, bool]]:
+        """(log p(continuation | prompt), whether the continuation is the greedy one) per request."""
+
+    def shutdown(self) -> None:
+        """Free what the backend holds (an engine, GPU memory); the default holds nothing beyond Python objects."""

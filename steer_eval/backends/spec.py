@@ -1,0 +1,39 @@
+"""The one way to build a backend: a picklable spec, so a Ray actor can build the same backend as this process."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from steer_eval.errors import UserError
+
+if TYPE_CHECKING:
+    from steer_eval.backends.base import SteeringBackend
+
+BACKENDS = ("hf", "vllm")
+DEFAULT_HF_BATCH_SIZE = 16  # prompts per transformers generate() call
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    backend: str  # hf | vllm
+    model: str  # an embedded model name, a Hugging Face id or a local folder
+    tokens_dir: str | None = None  # default: models/<MODEL>/steering_tokens
+    options: dict = field(default_factory=dict)  # keyword arguments of HFBackend / VLLMBackend
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+
+    @property
+    def dtype(self) -> str:
+        return str(self.options.get("dtype", "auto"))
+
+    def build(self) -> "SteeringBackend":
+        if self.backend == "vllm":
+            # vLLM logs to stdout by default; stdout is kept for results (tables, JSON, responses).
+            os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+            from steer_eval.backends.vllm import VLLMBackend
+            return VLLMBackend(self.model, tokens_dir=self.tokens_dir, **self.options)
+        from steer_eval.backends.hf import HFBackend
+        return HFBackend(self.model, tokens_dir=self.tokens_dir, **self.options)

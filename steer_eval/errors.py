@@ -1,0 +1,22 @@
+"""The one base class for problems a user can fix: the command line prints them in one line and exits 2."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input or a refused request; the message names the problem and the fix."""
+
+
+class RunMismatchError(UserError):
+    """An output folder holds records of another run (model, tokens, generation settings, scorer)."""
+
+
+class RecordFileError(UserError):
+    """A records file that cannot be read as records (corrupt line in the middle, wrong content)."""
+
+
+class SettingError(UserError, ValueError):
+    """A setting out of its range (e.g. max_new_tokens 0)."""
+
+
+class PromptTooLongError(UserError, ValueError):
+    """A prompt plus the tokens it needs after it does not fit the model's context."""

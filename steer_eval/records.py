@@ -1,0 +1,241 @@
+"""The one record format: a typed `Request` (one evaluation to run), a typed `Record` (its result), JSONL IO.
+
+Every path that produces results (grid, infer, token evaluation, teacher data) writes `Record`s through
+`append_records`, and every reader goes through `read_rows`/`read_records`. A record file is append-only JSONL;
+a crash can leave its last line cut short, which readers report and ignore and the next append removes.
+A broken line anywhere else is an error: records are never dropped silently.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import jsonlines
+
+from steer_eval.errors import RecordFileError
+from steer_eval.scoring import scorer_spec, verify
+
+
+@dataclass(frozen=True)
+class Request:
+    """One evaluation: a prompt, the behaviours in the order given to the model, and how they are conveyed."""
+    prompt_id: str
+    prompt: str
+    behaviors: tuple[str, ...]
+    control_method: str = "steering"
+    mode: str = "composition"
+    sample: int = 0  # several generations of one prompt (teacher data); shifts the sampling seed
+    paraphrase_seed: int = 0  # picks the instruction paraphrases in text and hybrid control
+
+    def __post_init__(self):
+        object.__setattr__(self, "behaviors", tuple(self.behaviors))
+
+    @property
+    def key(self) -> str:
+        """Stable identity within a run: everything that distinguishes this evaluation except the prompt text."""
+        return json.dumps([self.control_method, self.mode, list(self.behaviors), self.prompt_id, self.sample,
+                           self.paraphrase_seed], ensure_ascii=False, separators=(",", ":"))
+
+    def to_json(self) -> dict:
+        return {"prompt_id": self.prompt_id, "prompt": self.prompt, "behaviors": list(self.behaviors),
+                "control_method": self.control_method, "mode": self.mode, "sample": self.sample,
+                "paraphrase_seed": self.paraphrase_seed}
+
+    @classmethod
+    def from_json(cls, row: Mapping) -> "Request":
+        # "id" is how records written before this format named the prompt.
+        return cls(str(row["prompt_id"] if "prompt_id" in row else row["id"]), row["prompt"], tuple(row["behaviors"]),
+                   row.get("control_method", "steering"), row.get("mode", "composition"), int(row.get("sample", 0)),
+                   int(row.get("paraphrase_seed", 0)))
+
+
+@dataclass(frozen=True)
+class Record:
+    """A request with its response and verdicts, and everything needed to regenerate or re-judge it."""
+    request: Request
+    response: str
+    per_behavior: dict[str, bool]  # the verifier verdict of each behaviour
+    scorer: dict  # which verifiers with which parameters (scoring.scorer_spec)
+    generation: dict  # GenerationConfig.as_dict() as used for this request
+    steering: tuple[str, ...] = ()  # steering-token names at the slots, in order
+    instruction: str | None = None  # the instruction text the model read, if any
+    backend: str = ""
+    model: str = ""
+    run: str = ""  # the run id (run_identity.RunIdentity.run_id) of the settings that produced it
+    extra: dict = field(default_factory=dict)  # fields of other writers, kept so a round trip loses nothing
+
+    def __post_init__(self):
+        object.__setattr__(self, "steering", tuple(self.steering))
+
+    @property
+    def followed(self) -> bool:
+        """A composition is followed only when every behaviour's verifier holds."""
+        return all(self.per_behavior.values())
+
+    @property
+    def key(self) -> str:
+        return self.request.key
+
+    # Flat attribute access for analysis code that reads requests and records alike.
+    @property
+    def behaviors(self) -> tuple[str, ...]:
+        return self.request.behaviors
+
+    @property
+    def prompt_id(self) -> str:
+        return self.request.prompt_id
+
+    @property
+    def control_method(self) -> str:
+        return self.request.control_method
+
+    @property
+    def mode(self) -> str:
+        return self.request.mode
+
+    def to_json(self) -> dict:
+        return {**self.extra, **self.request.to_json(), "steering": list(self.steering),
+                "instruction": self.instruction, "response": self.response, "followed": self.followed,
+                "per_behavior": dict(self.per_behavior), "scorer": self.scorer, "generation": self.generation,
+                "backend": self.backend, "model": self.model, "run": self.run}
+
+    @classmethod
+    def from_json(cls, row: Mapping) -> "Record":
+        """Also reads records written before this format; one stored without verdicts is judged here."""
+        request = Request.from_json(row)
+        per_behavior = row.get("per_behavior")
+        scorer = row.get("scorer")
+        if not isinstance(per_behavior, Mapping):
+            per_behavior, scorer = verify(request.behaviors, row["response"]).per_behavior, None
+        known = set(request.to_json()) | {"id", "steering", "instruction", "response", "followed", "per_behavior",
+                                           "scorer", "generation", "backend", "model", "run"}
+        return cls(request, row["response"], {b: bool(v) for b, v in per_behavior.items()},
+                   scorer or scorer_spec(request.behaviors), dict(row.get("generation") or {}),
+                   tuple(row.get("steering") or ()), row.get("instruction"), row.get("backend", ""),
+                   row.get("model", ""), row.get("run", ""), {k: v for k, v in row.items() if k not in known})
+
+
+# --- JSONL files ------------------------------------------------------------------------------------------------
+
+_dumps = functools.partial(json.dumps, ensure_ascii=False)
+
+
+def _warn(message: str) -> None:
+    print(f"steer-eval: warning: {message}", file=sys.stderr)
+
+
+def _complete_lines(lines: Iterable[bytes], source: str) -> Iterator[str]:
+    """Lines that were written whole; a last line without its newline is cut short unless it is a JSON object."""
+    for number, line in enumerate(lines, start=1):
+        if line.endswith(b"\n"):
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RecordFileError(f"{source} line {number} is not UTF-8 text; the file is damaged: "
+                                      "remove that line or write the records to a new folder") from None
+            continue
+        try:
+            complete = isinstance(json.loads(line.decode("utf-8")), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            complete = False
+        if complete:
+            yield line.decode("utf-8")
+        else:
+            _warn(f"{source}: the last line (line {number}) was cut short, probably by a crash while writing; "
+                  "it is ignored and its evaluation will run again")
+
+
+def parse_lines(lines: Iterable[bytes], source: str) -> Iterator[dict]:
+    """JSON objects, one per line; blank lines skipped; a damaged line other than a cut-short last one is an error."""
+    reader = jsonlines.Reader(_complete_lines(lines, source))
+    try:
+        yield from reader.iter(type=dict, skip_empty=True)
+    except jsonlines.InvalidLineError as error:
+        raise RecordFileError(f"{source} line {error.lineno} is not a JSON record ({error}); the file is damaged: "
+                              "remove that line or write the records to a new folder") from None
+
+
+def read_rows(path: str | Path) -> Iterator[dict]:
+    """Rows of one JSONL file, streamed (nothing if it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    with path.open("rb") as handle:
+        yield from parse_lines(handle, str(path))
+
+
+def read_records(path: str | Path) -> Iterator[Record]:
+    for row in read_rows(path):
+        try:
+            yield Record.from_json(row)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise RecordFileError(f"{path}: a row is not a steer-eval record (missing or bad field {error}); "
+                                  "give a records file written by steer-eval grid/infer") from None
+
+
+def load_records(source: str | Path) -> list[Record]:
+    """Records from a JSONL file, a folder of them (a grid's output), or a .tar.gz of JSONL files."""
+    source = Path(source)
+    if source.is_dir():
+        return [r for file in sorted(source.glob("*.jsonl")) for r in read_records(file)]
+    if source.name.endswith(".tar.gz"):
+        records = []
+        with tarfile.open(source) as archive:
+            for member in sorted(archive.getmembers(), key=lambda m: m.name):
+                if member.isfile() and member.name.endswith(".jsonl"):
+                    lines = io.BytesIO(archive.extractfile(member).read())
+                    records.extend(Record.from_json(row) for row in parse_lines(lines, f"{source}:{member.name}"))
+        return records
+    if not source.exists():
+        raise RecordFileError(f"{source} does not exist; give a records JSONL file, a folder of them or a .tar.gz")
+    return list(read_records(source))
+
+
+def repair_tail(path: Path) -> None:
+    """Before appending: drop a last line cut short by a crash (or end a complete one with its newline)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return
+        # Find the start of the last line without reading the whole file.
+        end = handle.seek(0, os.SEEK_END)
+        position, tail = end, b""
+        while position > 0 and b"\n" not in tail:
+            step = min(1 << 16, position)
+            position -= step
+            handle.seek(position)
+            tail = handle.read(step) + tail
+        start = position + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
+        handle.seek(start)
+        last = handle.read()
+        try:
+            complete = isinstance(json.loads(last.decode("utf-8")), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            complete = False
+        if complete:
+            handle.seek(0, os.SEEK_END)
+            handle.write(b"\n")
+        else:
+            _warn(f"{path}: removed a last line cut short by a crash ({len(last)} bytes); its evaluation runs again")
+            handle.truncate(start)
+
+
+def append_records(path: str | Path, records: Sequence[Record | Mapping]) -> None:
+    """Append whole lines and flush them to disk, so a crash loses at most the records not yet written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    repair_tail(path)
+    with path.open("a", encoding="utf-8") as handle:
+        with jsonlines.Writer(handle, compact=True, dumps=_dumps) as writer:
+            writer.write_all(r.to_json() if isinstance(r, Record) else dict(r) for r in records)
+        handle.flush()
+        os.fsync(handle.fileno())

@@ -1,0 +1,148 @@
+"""Run identity: what a records file's numbers depend on, kept in a manifest next to it.
+
+Before the first record is written, `<records>.manifest.json` states the model (name and input-embedding
+fingerprint), the backend and dtype, the generation settings, the scorer version and the fingerprint of every
+steering token the records use. A later run into the same file must agree on all of it (new tokens may be
+added, e.g. when a grid grows), or it is refused: records of two runs are never mixed. Every record carries
+the manifest's run id. One writer at a time holds the file's lock.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+from steer_eval import __version__
+from steer_eval.errors import RunMismatchError, UserError
+
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    model: str  # the model's label (embedded name's folder, HF id or folder name)
+    backend: str  # hf | vllm
+    dtype: str  # as asked ("auto" resolves per machine; the resolved one is part of `model_fingerprint`)
+    generation: dict
+    scorer: dict  # {"scorer": ..., "version": ...}
+    tokens: dict = field(default_factory=dict)  # steering-token name -> vector fingerprint
+    model_fingerprint: str | None = None  # "<embedding fingerprint>/<engine dtype>", known once the model is loaded
+
+    @property
+    def run_id(self) -> str:
+        """Names the settings every record shares (tokens may grow with the run, so they are not part of it)."""
+        core = json.dumps([self.model, self.backend, self.dtype, self.generation, self.scorer], sort_keys=True)
+        return hashlib.sha256(core.encode()).hexdigest()[:12]
+
+    def conflicts(self, stored: "RunIdentity") -> list[str]:
+        """Human-readable differences to a stored identity; tokens only where both name the same token."""
+        differences = [f"{name}: {getattr(stored, name)!r} in the folder, {getattr(self, name)!r} now"
+                       for name in ("model", "backend", "dtype") if getattr(stored, name) != getattr(self, name)]
+        for name in sorted(set(stored.generation) | set(self.generation)):
+            old, new = stored.generation.get(name), self.generation.get(name)
+            if old != new:
+                differences.append(f"generation {name}: {old!r} in the folder, {new!r} now")
+        if stored.scorer != self.scorer:
+            differences.append(f"scorer: {stored.scorer} in the folder, {self.scorer} now (the verifiers changed)")
+        for name in sorted(set(stored.tokens) & set(self.tokens)):
+            if stored.tokens[name] != self.tokens[name]:
+                differences.append(f"steering token {name}: vector {stored.tokens[name]} in the folder, "
+                                   f"{self.tokens[name]} now (retrained, or another --tokens-dir)")
+        if stored.model_fingerprint and self.model_fingerprint and stored.model_fingerprint != self.model_fingerprint:
+            differences.append(f"model weights/dtype: {stored.model_fingerprint} in the folder, "
+                               f"{self.model_fingerprint} now")
+        return differences
+
+    def merged(self, stored: "RunIdentity | None") -> "RunIdentity":
+        if stored is None:
+            return self
+        return replace(self, tokens={**stored.tokens, **self.tokens},
+                       model_fingerprint=self.model_fingerprint or stored.model_fingerprint)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RunIdentity":
+        return cls(**data)
+
+
+def manifest_path(records_path: Path) -> Path:
+    return records_path.with_name(records_path.stem + ".manifest.json")
+
+
+def read_manifest(records_path: Path) -> RunIdentity | None:
+    path = manifest_path(records_path)
+    if not path.is_file():
+        return None
+    try:
+        return RunIdentity.from_json(json.loads(path.read_text(encoding="utf-8"))["identity"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunMismatchError(f"{path} is not a steer-eval manifest ({error!r}); restore it, or rerun with "
+                               "--restart to move the folder's records aside and start over") from None
+
+
+def write_manifest(records_path: Path, identity: RunIdentity) -> None:
+    path = manifest_path(records_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"manifest_version": MANIFEST_VERSION, "run": identity.run_id, "identity": identity.to_json(),
+               "steer_eval_version": __version__, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "command": " ".join(sys.argv)}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_identity(records_path: Path, identity: RunIdentity) -> RunIdentity | None:
+    """The folder's stored identity after checking it against this run's; refuses a different run."""
+    stored = read_manifest(records_path)
+    if stored is None:
+        if records_path.is_file() and records_path.stat().st_size > 0:
+            raise RunMismatchError(f"{records_path} holds records but no manifest ({manifest_path(records_path).name}), "
+                                   "so nothing says which run wrote them; write to a new output, or rerun with "
+                                   "--restart to move them aside and start over")
+        return None
+    differences = identity.conflicts(stored)
+    if differences:
+        raise RunMismatchError(f"{records_path} holds records of another run: {'; '.join(differences)}. "
+                               "Write to a new output, or rerun with --restart to move the old records aside "
+                               "and start over")
+    return stored
+
+
+def set_aside(records_path: Path) -> Path | None:
+    """--restart: move the records and manifest to a dated backup name; nothing is deleted."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = None
+    for path in (records_path, manifest_path(records_path)):
+        if path.exists():
+            target = path.with_name(f"{path.name}.replaced-{stamp}")
+            os.replace(path, target)
+            moved = moved or target
+    if moved:
+        print(f"steer-eval: moved the previous records aside to {moved}", file=sys.stderr)
+    return moved
+
+
+@contextmanager
+def exclusive(records_path: Path) -> Iterator[None]:
+    """One writer per records file: a second run into the same output is refused while the first is running."""
+    records_path.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = records_path.with_name(records_path.name + ".lock")
+    with lock_path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another steer-eval run is writing {records_path}; wait for it to finish or "
+                            "use another output") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,128 @@
+"""Held-out evaluation of steering tokens: text vs steering vs hybrid per behaviour, and for 2-behaviour
+compositions composition vs concatenation vs native_and vs text in both orders (trainers/evaluate_tokens.py).
+
+`plan()` lists the requests (they run through the one runner); `summarize()` re-judges the records with this
+checkout's verifiers and writes the tables (accuracy over orders then combinations, order variance on complete
+order sets, seen/unseen split, as in steer_eval.analysis).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from itertools import permutations
+from pathlib import Path
+from typing import Sequence
+
+from steer_eval.analysis import by_combination
+from steer_eval.analysis import summarize as aggregate
+from steer_eval.behaviors import BEHAVIORS, get_behavior, resolve
+from steer_eval.prompts import Prompt
+from steer_eval.records import Record, Request, load_records
+from steer_eval.scoring import scorer_spec, verify
+
+SINGLE_METHODS = ("text", "steering", "hybrid")
+PAIR_CONDITIONS = (("text", "concatenation"), ("steering", "composition"), ("steering", "concatenation"),
+                   ("steering", "native_and"))
+
+
+def plan(prompts: Sequence[Prompt], singles: Sequence[str], pairs: Sequence[Sequence[str]],
+         single_methods: Sequence[str], pair_conditions: Sequence[tuple[str, str]], n_single: int | None,
+         n_pair: int | None) -> list[Request]:
+    """Singles under each method on the first n_single prompts; each pair in both orders under each condition."""
+    items = []
+    for b in singles:
+        resolve([b])
+        for method in single_methods:
+            items += [Request(p.id, p.prompt, (b,), method, "composition") for p in prompts[:n_single]]
+    for pair in pairs:
+        resolve(pair)
+        for order in permutations(pair):
+            for method, mode in pair_conditions:
+                items += [Request(p.id, p.prompt, order, method, mode) for p in prompts[:n_pair]]
+    return items
+
+
+def accuracy(records: Sequence[Record]) -> float:
+    return sum(r.followed for r in records) / len(records) if records else float("nan")
+
+
+def rejudge(record: Record) -> Record:
+    verdict = verify(record.behaviors, record.response)
+    return replace(record, per_behavior=verdict.per_behavior, scorer=scorer_spec(record.behaviors))
+
+
+def summarize(folders: Sequence[str | Path], out: str | Path, split: str = "test") -> dict:
+    """Judge every record again with this checkout's verifiers, tabulate, write table.json and table.md."""
+    by_condition: dict[tuple, list[Record]] = {}
+    for folder in folders:
+        for r in load_records(folder):
+            r = rejudge(r)
+            pair = len(r.behaviors) > 1
+            condition = ("text" if r.control_method == "text" else f"{r.control_method}/{r.mode}") \
+                if pair else r.control_method
+            by_condition.setdefault((pair, condition), []).append(r)
+
+    singles: dict[str, dict] = {}
+    for (pair, method), records in sorted(by_condition.items()):
+        if not pair:
+            for behavior in sorted({r.behaviors[0] for r in records}, key=list(BEHAVIORS).index):
+                subset = [r for r in records if r.behaviors[0] == behavior]
+                singles.setdefault(behavior, {})[method] = {"accuracy": accuracy(subset), "n": len(subset)}
+    for row in singles.values():
+        if "text" in row and "steering" in row and row["text"]["accuracy"]:
+            row["steering_over_text"] = row["steering"]["accuracy"] / row["text"]["accuracy"]
+
+    pairs: dict[str, dict] = {}
+    pairs_aggregate = {}
+    for (pair, condition), records in sorted(by_condition.items()):
+        if not pair:
+            continue
+        summary = aggregate(records)
+        for group in ("seen", "unseen"):
+            if summary[group]["combinations"]:
+                pairs_aggregate[f"{group}|{condition}"] = summary[group]
+        for result in by_combination(records):
+            entry = pairs.setdefault(result.combination, {"seen": result.seen, "conditions": {}})
+            entry["conditions"][condition] = {"orders": result.order_accuracy, "mean": result.accuracy,
+                                              "best": result.best_order_accuracy, "order_delta": result.order_delta_max}
+    behaviors_used = sorted({b for records in by_condition.values() for r in records for b in r.behaviors})
+    result = {"split": split, "singles": singles, "pairs": pairs,
+              "pairs_aggregate": dict(sorted(pairs_aggregate.items())),
+              "scorer": scorer_spec([]) | {"verifiers": [get_behavior(b).spec() for b in behaviors_used]},
+              "records": [str(f) for f in folders], "command": " ".join(sys.argv)}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.json").write_text(json.dumps(result, indent=2))
+    (out / "table.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+def _pct(value) -> str:
+    return "–" if value is None or value != value else f"{100 * value:.1f}"
+
+
+def markdown(result: dict) -> str:
+    lines = [f"## Single behaviours (accuracy %, {result['split']} prompts)", "",
+             "| behaviour | n | text | steering | hybrid | steering / text |", "|---|---|---|---|---|---|"]
+    for b, row in result["singles"].items():
+        n = next(iter(row.values()))["n"] if row else 0
+        cells = [_pct(row.get(m, {}).get("accuracy")) for m in SINGLE_METHODS]
+        lines.append(f"| {b} | {n} | {' | '.join(cells)} | {_pct(row.get('steering_over_text'))} |")
+    if result["pairs"]:
+        names = [f"{m}/{mode}" if m != "text" else "text" for m, mode in PAIR_CONDITIONS]
+        lines += ["", "## Two-behaviour compositions (accuracy % averaged over both orders; Δ = order difference)", "",
+                  "| group | condition | combinations | accuracy | mean Δ | max Δ |", "|---|---|---|---|---|---|"]
+        for key, row in result["pairs_aggregate"].items():
+            seen, condition = key.split("|")
+            lines.append(f"| {seen} | {condition} | {row['combinations']} | {_pct(row['accuracy'])} | "
+                         f"{_pct(row['order_variance'])} | {_pct(row['order_variance_max'])} |")
+        lines += ["", "| combination | seen | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for key, combo in result["pairs"].items():
+            cells = []
+            for name in names:
+                c = combo["conditions"].get(name)
+                cells.append("–" if c is None else f"{_pct(c['mean'])} (Δ {_pct(c['order_delta'])})")
+            lines.append(f"| {key} | {'seen' if combo['seen'] else 'unseen'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
