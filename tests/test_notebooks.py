@@ -9,7 +9,8 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "order_variance.i
 
 
 def test_order_variance_notebook_executes(tmp_path, monkeypatch):
-    records = [{"behaviors": order, "control_method": "steering", "mode": "composition", "followed": followed,
+    records = [{"prompt_id": "p1", "prompt": "Why?", "response": "...", "behaviors": order,
+                "control_method": "steering", "mode": "composition", "followed": followed,
                 "per_behavior": {b: followed for b in order}}
                for order, followed in [(["spanish", "lowercase"], True), (["lowercase", "spanish"], False),
                                        (["german", "json"], True), (["json", "german"], True), (["french"], True)]]
