@@ -30,8 +30,8 @@ from pathlib import Path
 import psutil
 import torch
 
-from steer_eval.generation import GenerationConfig
 from steer_eval.behaviors import AND_TOKEN
+from steer_eval.generation import GenerationConfig
 from steer_eval.models import model_label, resolve_model_path
 from steer_eval.prompts import bundled_prompts
 from steer_eval.tokens import ModelIdentity, SteeringToken, TokenStore

@@ -2,8 +2,15 @@ import itertools
 
 import pytest
 
-from steer_eval.behaviors import (BEHAVIORS, BehaviorError, compatible_combinations, conflict, get_behavior,
-                                  is_seen_combination, resolve)
+from steer_eval.behaviors import (
+    BEHAVIORS,
+    BehaviorError,
+    compatible_combinations,
+    conflict,
+    get_behavior,
+    is_seen_combination,
+    resolve,
+)
 
 DESIGN_IDS = {
     "language": ["german", "spanish", "french", "italian", "portuguese"],

@@ -4,9 +4,9 @@ import torch
 from lm_eval.api.instance import Instance
 
 from steer_eval.assembly import assemble, embed
-from steer_eval.generation import GenerationConfig
 from steer_eval.backends.hf import HFBackend
 from steer_eval.behaviors import AND_TOKEN, BehaviorError
+from steer_eval.generation import GenerationConfig
 from steer_eval.lmeval.models import SteeringHFLM
 from steer_eval.lmeval.tasks import compose_documents
 from steer_eval.tokens import TokenStore

@@ -11,8 +11,8 @@ from steer_eval.generation import GenerationConfig
 from steer_eval.grid import build_grid
 from steer_eval.prompts import bundled_prompts
 from steer_eval.records import Request, read_rows
-from steer_eval.runner import RECORDS_FILE, run
 from steer_eval.run_identity import manifest_path
+from steer_eval.runner import RECORDS_FILE, run
 from steer_eval.tokens import TokenError, TokenStore
 
 CONFIG = GenerationConfig(max_new_tokens=4)

@@ -1,8 +1,8 @@
 """The steering tokens shipped for the default model load on CPU, match its embedding space, and steer."""
 import pytest
 
-from steer_eval.generation import GenerationConfig
 from steer_eval.behaviors import AND_TOKEN
+from steer_eval.generation import GenerationConfig
 from steer_eval.prompts import bundled_prompts
 from steer_eval.scoring import verify
 from steer_eval.tokens import TokenStore, default_tokens_dir, load_vectors

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole token pipeline for the default model, as run on a lent GPU (DESIGN.md §6): measure text accuracy on
+# The whole token pipeline for the default model, as run on a lent GPU: measure text accuracy on
 # the test split, pick the behaviours to ship, build teacher data, train behaviour tokens, build pair data, train
 # <and>, evaluate. Every stage is resumable (done-markers, resumable builders, trainer checkpoints), so the same
 # command is simply run again after a call's time limit. Needs: MODEL (a model folder), W (work folder),

@@ -1,4 +1,4 @@
-"""Self-distillation trainer for steering tokens (DESIGN.md §1). Reads top to bottom:
+"""Self-distillation trainer for steering tokens (method: README, "Training steering tokens"). Reads top to bottom:
 
   config -> data -> model + vectors -> optimiser/schedule -> (resume) -> loop -> checkpoints -> token store.
 
