@@ -222,6 +222,8 @@ def run(requests: Sequence[Request], spec: BackendSpec, config: GenerationConfig
         return [results[r.key] for r in requests]
 
     path = Path(output)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a records file (e.g. {path / RECORDS_FILE})")
     with exclusive(path):
         if restart:
             set_aside(path)
