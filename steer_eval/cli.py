@@ -9,9 +9,9 @@ import json
 import sys
 from typing import Sequence
 
-from steer_eval.backends.spec import DEFAULT_HF_BATCH_SIZE
+from steer_eval.backends.spec import BACKENDS, DEFAULT_CHUNK_SIZE, DEFAULT_HF_BATCH_SIZE
 from steer_eval.behaviors import AND_TOKEN, BEHAVIORS
-from steer_eval.errors import UserError
+from steer_eval.errors import UserError, WorkerFailedError
 from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS
 from steer_eval.models import DEFAULT_MODEL
 
@@ -23,8 +23,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _add_generation_options(parser: argparse.ArgumentParser, backend_default: str) -> None:
-    parser.add_argument("--backend", choices=("hf", "vllm"), default=backend_default)
+    parser.add_argument("--backend", choices=BACKENDS, default=backend_default,
+                        help="simulate: no model, fake responses and verdicts (for testing runs at scale)")
     parser.add_argument("--tokens-dir", "--tokens_dir", dest="tokens_dir", default=None,
                         help="folder holding <name>/vector.safetensors (default: models/<MODEL>/steering_tokens)")
     parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=_positive,
@@ -97,9 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="records.jsonl and its manifest go here; the same command resumes")
     grid.add_argument("--restart", action="store_true",
                       help="move the folder's records aside (kept, renamed) and start over")
-    grid.add_argument("--actors", type=int, default=0, help="Ray actors, one backend each (0: in this process)")
+    grid.add_argument("--actors", type=_non_negative, default=0, help="Ray actors, one backend each (0: in this process)")
     grid.add_argument("--address", default=None, help="Ray cluster address, e.g. auto (default: local Ray)")
-    grid.add_argument("--chunk-size", type=_positive, default=64, help="requests per backend call")
+    grid.add_argument("--chunk-size", type=_positive, default=DEFAULT_CHUNK_SIZE, help="requests per backend call")
+    grid.add_argument("--dry-run", action="store_true",
+                      help="print the plan (evaluations per k and setting, tokens needed and missing, an estimate) "
+                           "and exit without loading a model")
+    grid.add_argument("--delay", type=float, default=0.0,
+                      help="simulate backend only: seconds per evaluation, standing in for generation time")
     _add_generation_options(grid, backend_default="vllm")
 
     analyze = commands.add_parser("analyze", help="tables and plots from grid or infer records")
@@ -111,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _backend_spec(args, model: str):
     from steer_eval.backends.spec import BackendSpec
-    options = {"batch_size": args.batch_size} if args.backend == "hf" else {}
+    options = {"hf": {"batch_size": args.batch_size}, "simulate": {"delay": getattr(args, "delay", 0.0)}}
+    options = options.get(args.backend, {})
     return BackendSpec(args.backend, model, args.tokens_dir, options)
 
 
@@ -183,7 +197,7 @@ def _infer(args) -> int:
 
     spec = _backend_spec(args, args.model_path)
     records = run_requests(requests, spec, _generation_config(args), args.output, progress=not args.silent,
-                           restart=args.restart, on_records=show)
+                           restart=args.restart, on_records=show).records()
     summary = {"behaviors": behaviors, "control_method": args.control_method, "mode": mode,
                "backend": spec.backend, "model": spec.model, "n": len(records), **behavior_accuracy(records)}
     print(json.dumps(summary, indent=2))
@@ -191,33 +205,53 @@ def _infer(args) -> int:
 
 
 def _grid(args) -> int:
+    from pathlib import Path
+
     from steer_eval.grid import build_grid
     from steer_eval.prompts import load_prompts
+    from steer_eval.records import read_records
     from steer_eval.report import group_summaries, markdown_table
-    from steer_eval.runner import RECORDS_FILE
+    from steer_eval.runner import RECORDS_FILE, dry_run
     from steer_eval.runner import run as run_requests
 
     only = [c.split("+") for c in args.combination] if args.combination else None
     prompts = load_prompts(args.data_path)[:args.num_prompts]
-    requests = build_grid(prompts, args.ks, args.control_methods, args.modes, args.max_combinations, args.seed, only)
-    if not requests:
+    plan = build_grid(prompts, args.ks, args.control_methods, args.modes, args.max_combinations, args.seed, only)
+    if len(plan) == 0:
         raise UserError("the grid is empty: every --combination has a size not in --k; add its size to --k")
-    from pathlib import Path
-    records = run_requests(requests, _backend_spec(args, args.model), _generation_config(args),
-                           Path(args.output_dir) / RECORDS_FILE, actors=args.actors, address=args.address,
-                           chunk_size=args.chunk_size, restart=args.restart)
-    print(markdown_table(group_summaries(records)))
+    spec, output = _backend_spec(args, args.model), Path(args.output_dir) / RECORDS_FILE
+    if args.dry_run:
+        print(_plan_text(plan, dry_run(plan, spec, output, args.actors)))
+        return 0
+    run_requests(plan, spec, _generation_config(args), output, actors=args.actors, address=args.address,
+                 chunk_size=args.chunk_size, restart=args.restart)
+    print(markdown_table(group_summaries(read_records(output))))
     return 0
 
 
+def _plan_text(plan, summary: dict) -> str:
+    lines = ["| k | control | mode | combinations | orders | evaluations |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['k']} | {r['control_method']} | {r['mode']} | {r['combinations']} | {r['orders']} | "
+              f"{r['evaluations']} |" for r in plan.describe()]
+    lines.append(f"\n{summary['evaluations']} evaluations on {len(plan.prompts)} prompts; "
+                 f"{summary['already_recorded']} already recorded, {summary['to_run']} to run")
+    lines.append(f"steering tokens needed: {', '.join(summary['tokens_needed']) or 'none'}; "
+                 f"missing: {', '.join(summary['tokens_missing']) or 'none'}")
+    estimate = summary["estimate"]
+    lines.append(f"estimate: {estimate['seconds']} s at {estimate['evaluations_per_second']} evaluations/s "
+                 f"(measured by the last run into this folder: {estimate['measured']})" if estimate else
+                 "estimate: none yet (no run into this folder has measured a rate; a small run, e.g. "
+                 "--num-prompts 2, measures one)")
+    return "\n".join(lines)
+
+
 def _analyze(args) -> int:
-    from steer_eval.records import load_records
+    from steer_eval.records import iter_records
     from steer_eval.report import group_summaries, markdown_table, plot
 
-    records = load_records(args.records)
-    if not records:
+    summaries = group_summaries(iter_records(args.records))
+    if not summaries:
         raise UserError(f"no records in {args.records} (give a JSONL file, a folder of them or a .tar.gz)")
-    summaries = group_summaries(records)
     if args.json:
         print(json.dumps([{"control_method": c, "mode": m, "k": k, **s} for (c, m, k), s in summaries.items()],
                          indent=2))
@@ -235,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"steer-eval: error: {error}", file=sys.stderr)
         return 2
+    except WorkerFailedError as error:
+        print(f"steer-eval: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("steer-eval: interrupted", file=sys.stderr)
         return 130

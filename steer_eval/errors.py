@@ -1,4 +1,5 @@
-"""The one base class for problems a user can fix: the command line prints them in one line and exits 2."""
+"""Errors the command line reports in one line: `UserError` (the user can fix it, exit 2) and `WorkerFailedError`
+(workers kept dying, exit 1)."""
 from __future__ import annotations
 
 
@@ -20,3 +21,7 @@ class SettingError(UserError, ValueError):
 
 class PromptTooLongError(UserError, ValueError):
     """A prompt plus the tokens it needs after it does not fit the model's context."""
+
+
+class WorkerFailedError(RuntimeError):
+    """Workers died on the same chunk too often (a node keeps failing, or the chunk itself kills its worker)."""

@@ -3,22 +3,35 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, NamedTuple
 
 from steer_eval.analysis import summarize
 from steer_eval.errors import UserError
 from steer_eval.records import Record
 
 
-def group_summaries(records: Sequence[Record]) -> dict[tuple[str, str, int], dict]:
-    """Summaries per (control method, mode, k); a record counted once even if a file holds it twice."""
-    groups: dict[tuple[str, str, int], dict[str, Record]] = defaultdict(dict)
+class _Outcome(NamedTuple):
+    """What a summary needs of a record: no response, no prompt text (memory stays small at a million records)."""
+    behaviors: tuple[str, ...]
+    prompt_id: str
+    followed: bool
+    per_behavior: dict[str, bool]
+
+
+def group_summaries(records: Iterable[Record]) -> dict[tuple[str, str, int], dict]:
+    """Summaries per (control method, mode, k), in one pass over the records (a stream is fine); a record is
+    counted once even if a file holds it twice; records of two runs in one setting are refused."""
+    groups: dict[tuple[str, str, int], dict[int, _Outcome]] = defaultdict(dict)
     runs: dict[tuple[str, str, int], set[str]] = defaultdict(set)
+    shared: dict = {}  # one object per distinct order, prompt id and verdict set, however many records share it
     for record in records:
         # Text instructions are joined the same way whatever the mode, so text runs form one setting.
         mode = "-" if record.control_method == "text" else record.mode
         key = (record.control_method, mode, len(record.behaviors))
-        groups[key].setdefault(record.key, record)
+        verdicts = tuple(record.per_behavior.items())
+        groups[key].setdefault(hash(record.key), _Outcome(
+            shared.setdefault(record.behaviors, record.behaviors), shared.setdefault(record.prompt_id, record.prompt_id),
+            record.followed, shared.setdefault(verdicts, dict(verdicts))))
         runs[key].add(record.run)
     for key, run_ids in runs.items():
         if len(run_ids) > 1:

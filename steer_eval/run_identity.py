@@ -89,15 +89,24 @@ def read_manifest(records_path: Path) -> RunIdentity | None:
                                "--restart to move the folder's records aside and start over") from None
 
 
-def write_manifest(records_path: Path, identity: RunIdentity) -> None:
+def write_manifest(records_path: Path, identity: RunIdentity, throughput: dict | None = None) -> None:
+    """`throughput` ({"evaluations", "seconds", "actors"} of the last run) feeds --dry-run's estimate; it is kept
+    when not given, and is no part of the identity."""
     path = manifest_path(records_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"manifest_version": MANIFEST_VERSION, "run": identity.run_id, "identity": identity.to_json(),
                "steer_eval_version": __version__, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "command": " ".join(sys.argv)}
+               "command": " ".join(sys.argv), "throughput": throughput or read_throughput(records_path)}
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_throughput(records_path: Path) -> dict | None:
+    try:
+        return json.loads(manifest_path(records_path).read_text(encoding="utf-8")).get("throughput")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def check_identity(records_path: Path, identity: RunIdentity) -> RunIdentity | None:

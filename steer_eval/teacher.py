@@ -89,7 +89,7 @@ def build(behaviors: Sequence[str], *, pairs: Sequence[str] | None = None, spec:
     requests = teacher_requests(targets, chosen, samples, config.seed)
     out_dir = Path(out_dir)
     records = run(requests, spec, config, out_dir / f"records_{split}.jsonl", progress=progress, restart=restart,
-                  chunk_size=1024)
+                  chunk_size=1024).records()
     meta = {"prompts": prompts, "split": split, "teacher": {"backend": spec.backend, "model": spec.model,
                                                             "generation": config.as_dict()},
             "command": " ".join(sys.argv)}

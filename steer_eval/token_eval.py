@@ -18,7 +18,7 @@ from steer_eval.analysis import by_combination
 from steer_eval.analysis import summarize as aggregate
 from steer_eval.behaviors import BEHAVIORS, get_behavior, resolve
 from steer_eval.prompts import Prompt
-from steer_eval.records import Record, Request, load_records
+from steer_eval.records import Record, Request, iter_records
 from steer_eval.scoring import scorer_spec, verify
 
 SINGLE_METHODS = ("text", "steering", "hybrid")
@@ -56,7 +56,7 @@ def summarize(folders: Sequence[str | Path], out: str | Path, split: str = "test
     """Judge every record again with this checkout's verifiers, tabulate, write table.json and table.md."""
     by_condition: dict[tuple, list[Record]] = {}
     for folder in folders:
-        for r in load_records(folder):
+        for r in iter_records(folder):
             r = rejudge(r)
             pair = len(r.behaviors) > 1
             condition = ("text" if r.control_method == "text" else f"{r.control_method}/{r.mode}") \

@@ -54,7 +54,7 @@ def test_plan_runs_through_the_runner_and_resumes(tiny_model_dir, tmp_path):
     assert len(requests) == 2 + 2 * 2  # 2 prompts; the pair in both orders
     output = tmp_path / RECORDS_FILE
     spec = BackendSpec("hf", str(tiny_model_dir))
-    records = run(requests, spec, GenerationConfig(max_new_tokens=4), output, progress=False)
+    records = run(requests, spec, GenerationConfig(max_new_tokens=4), output, progress=False).records()
     assert {r.behaviors for r in records} == {("german",), ("german", "words_10_50"), ("words_10_50", "german")}
     run(requests, spec, GenerationConfig(max_new_tokens=4), output, progress=False)
     assert len(output.read_text().splitlines()) == len(records)  # resumed: nothing added

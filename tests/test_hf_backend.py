@@ -73,3 +73,14 @@ def test_stop_strings_cut_the_output(tiny_hf):
     stop = full[3:5]
     cut = tiny_hf.generate([assembled], GenerationConfig(max_new_tokens=12, stop=(stop,)), progress=False)[0]
     assert cut == full[:full.find(stop)]
+
+
+def test_a_nan_token_file_is_refused_before_generation(tiny_model_dir, tiny_hf, tmp_path):
+    import pytest
+
+    from steer_eval.backends.hf import HFBackend
+    from steer_eval.tokens import SteeringToken, TokenError, TokenStore
+    TokenStore(tmp_path).save(SteeringToken("german", torch.full((64,), float("nan")), ("german",), tiny_hf.identity))
+    backend = HFBackend(str(tiny_model_dir), tokens_dir=tmp_path)
+    with pytest.raises(TokenError, match="'german' contains NaN"):
+        backend.generate([backend.assemble(PROMPTS[0], ["german"])], progress=False)

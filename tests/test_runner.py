@@ -19,8 +19,8 @@ CONFIG = GenerationConfig(max_new_tokens=4)
 
 
 def _items(control_method="text"):
-    return build_grid(bundled_prompts("test")[:3], [1, 2], [control_method], ["composition"],
-                      only=[["spanish"], ["spanish", "lowercase"]])
+    return list(build_grid(bundled_prompts("test")[:3], [1, 2], [control_method], ["composition"],
+                      only=[["spanish"], ["spanish", "lowercase"]]))
 
 
 def _spec(tiny_model_dir, tokens_dir=None):
@@ -34,9 +34,9 @@ def _lines(path):
 
 def test_in_process_then_resume_exactly_once(tiny_model_dir, tmp_path):
     items, output = _items(), tmp_path / RECORDS_FILE
-    partial = run(items[:4], _spec(tiny_model_dir), CONFIG, output, chunk_size=2, progress=False)
+    partial = run(items[:4], _spec(tiny_model_dir), CONFIG, output, chunk_size=2, progress=False).records()
     assert len(partial) == 4
-    records = run(items, _spec(tiny_model_dir), CONFIG, output, chunk_size=2, progress=False)
+    records = run(items, _spec(tiny_model_dir), CONFIG, output, chunk_size=2, progress=False).records()
     assert len(_lines(output)) == len(items) == len(records) == 9  # the first four were not generated again
     assert records[:4] == partial
     assert [r.behaviors for r in records] == [i.behaviors for i in items]
@@ -45,7 +45,7 @@ def test_in_process_then_resume_exactly_once(tiny_model_dir, tmp_path):
     assert {r.run for r in records} == {manifest["run"]}
     assert manifest["identity"]["generation"]["max_new_tokens"] == 4
     assert manifest["identity"]["model_fingerprint"]
-    assert run(items, _spec(tiny_model_dir), CONFIG, output, progress=False) == records  # complete: nothing runs
+    assert run(items, _spec(tiny_model_dir), CONFIG, output, progress=False).records() == records  # complete: nothing runs
     assert len(_lines(output)) == 9
 
 
@@ -53,12 +53,12 @@ def test_changed_control_method_is_kept_apart(tiny_model_dir, tiny_tokens_dir, t
     """The issue's first case: text records must never be returned as the steering result."""
     output = tmp_path / RECORDS_FILE
     spec = _spec(tiny_model_dir, tiny_tokens_dir)
-    text = run(_items("text"), spec, CONFIG, output, progress=False)
-    steering = run(_items("steering"), spec, CONFIG, output, progress=False)
+    text = run(_items("text"), spec, CONFIG, output, progress=False).records()
+    steering = run(_items("steering"), spec, CONFIG, output, progress=False).records()
     assert {r.control_method for r in text} == {"text"} and {r.control_method for r in steering} == {"steering"}
     assert all(r.steering and r.instruction is None for r in steering)
     assert len(_lines(output)) == 18
-    again = run(_items("steering"), spec, CONFIG, output, progress=False)
+    again = run(_items("steering"), spec, CONFIG, output, progress=False).records()
     assert again == steering and len(_lines(output)) == 18
 
 
@@ -66,9 +66,9 @@ def test_changed_behaviours_are_new_evaluations(tiny_model_dir, tmp_path):
     output = tmp_path / RECORDS_FILE
     prompts = bundled_prompts("test")[:2]
     first = run([Request(p.id, p.prompt, ("german",), "text") for p in prompts], _spec(tiny_model_dir), CONFIG,
-                output, progress=False)
+                output, progress=False).records()
     second = run([Request(p.id, p.prompt, ("french", "uppercase"), "text") for p in prompts], _spec(tiny_model_dir),
-                 CONFIG, output, progress=False)
+                 CONFIG, output, progress=False).records()
     assert [r.behaviors for r in first] == [("german",)] * 2
     assert [r.behaviors for r in second] == [("french", "uppercase")] * 2
     assert set(second[0].per_behavior) == {"french", "uppercase"}
@@ -101,7 +101,7 @@ def test_changed_tokens_are_refused_and_restart_keeps_the_old_records(tiny_model
     store.save(retrained)
     with pytest.raises(RunMismatchError, match=r"steering token spanish: vector \w+ in the folder, \w+ now \(retrained"):
         run(items, _spec(tiny_model_dir, tokens), CONFIG, output, progress=False)
-    fresh = run(items, _spec(tiny_model_dir, tokens), CONFIG, output, progress=False, restart=True)
+    fresh = run(items, _spec(tiny_model_dir, tokens), CONFIG, output, progress=False, restart=True).records()
     assert len(_lines(output)) == len(fresh) == 9
     kept = [p for p in output.parent.iterdir() if ".replaced-" in p.name]
     assert sorted(p.name.split(".replaced-")[0] for p in kept) == ["records.jsonl", "records.manifest.json"]
@@ -135,7 +135,7 @@ def test_a_last_line_cut_short_is_rewritten(tiny_model_dir, tmp_path, capsys):
     run(items[:3], _spec(tiny_model_dir), CONFIG, output, progress=False)
     lines = _lines(output)
     output.write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])  # a crash in the middle of the third line
-    records = run(items, _spec(tiny_model_dir), CONFIG, output, progress=False)
+    records = run(items, _spec(tiny_model_dir), CONFIG, output, progress=False).records()
     assert "cut short" in capsys.readouterr().err
     rows = list(read_rows(output))
     assert len(rows) == len(_lines(output)) == len(records) == 9
@@ -144,15 +144,15 @@ def test_a_last_line_cut_short_is_rewritten(tiny_model_dir, tmp_path, capsys):
 
 def test_without_output_nothing_is_written(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    records = run(_items()[:2], _spec(tiny_model_dir), CONFIG, progress=False)
+    records = run(_items()[:2], _spec(tiny_model_dir), CONFIG, progress=False).records()
     assert len(records) == 2 and len(records[0].run) == 12 and not list(tmp_path.iterdir())
 
 
 def test_ray_actors_give_the_same_records(tiny_model_dir, tmp_path):
     items = _items()
     local = run(items, _spec(tiny_model_dir), CONFIG, tmp_path / "local" / RECORDS_FILE, chunk_size=3,
-                progress=False)
+                progress=False).records()
     on_ray = run(items, _spec(tiny_model_dir), CONFIG, tmp_path / "ray" / RECORDS_FILE, actors=2, chunk_size=2,
-                 progress=False)
+                 progress=False).records()
     assert [json.dumps(r.to_json(), sort_keys=True) for r in on_ray] == \
            [json.dumps(r.to_json(), sort_keys=True) for r in local]

@@ -9,14 +9,16 @@ from steer_eval.errors import UserError
 
 if TYPE_CHECKING:
     from steer_eval.backends.base import SteeringBackend
+    from steer_eval.backends.simulate import SimulatedBackend
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = ("hf", "vllm", "simulate")
 DEFAULT_HF_BATCH_SIZE = 16  # prompts per transformers generate() call
+DEFAULT_CHUNK_SIZE = 64  # requests per call to a backend worker: the most a crash can cost, per worker
 
 
 @dataclass(frozen=True)
 class BackendSpec:
-    backend: str  # hf | vllm
+    backend: str  # hf | vllm | simulate (no model: fake responses and verdicts, for testing the runner at scale)
     model: str  # an embedded model name, a Hugging Face id or a local folder
     tokens_dir: str | None = None  # default: models/<MODEL>/steering_tokens
     options: dict = field(default_factory=dict)  # keyword arguments of HFBackend / VLLMBackend
@@ -29,7 +31,15 @@ class BackendSpec:
     def dtype(self) -> str:
         return str(self.options.get("dtype", "auto"))
 
-    def build(self) -> "SteeringBackend":
+    @property
+    def simulated(self) -> bool:
+        """No model to load and no steering tokens to check."""
+        return self.backend == "simulate"
+
+    def build(self) -> "SteeringBackend | SimulatedBackend":
+        if self.simulated:
+            from steer_eval.backends.simulate import SimulatedBackend
+            return SimulatedBackend(self.model, self.tokens_dir, **self.options)
         if self.backend == "vllm":
             # vLLM logs to stdout by default; stdout is kept for results (tables, JSON, responses).
             os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")

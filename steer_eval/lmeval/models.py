@@ -20,7 +20,7 @@ from steer_eval.behaviors import AND_TOKEN, BehaviorError, resolve
 from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig
 from steer_eval.lmeval.tasks import SteeredResponse
 from steer_eval.models import DEFAULT_MODEL, ModelError, model_label, resolve_model_path
-from steer_eval.runner import BackendPool
+from steer_eval.workers import BackendPool
 from steer_eval.tokens import TokenError, TokenStore, default_tokens_dir
 
 log = logging.getLogger(__name__)

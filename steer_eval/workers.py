@@ -1,0 +1,265 @@
+"""Where evaluations run: one long-lived backend in this process, or one per Ray actor, supervised.
+
+Ray lives only here (and is imported only when actors are asked for). Each actor builds its backend once (one
+engine per actor) and serves many chunks. A worker that dies (process killed, node lost) costs only the chunks it
+had in flight: they go back to the queue, Ray restarts the actor, and the run goes on; a chunk that fails
+`MAX_CHUNK_FAILURES` times ends the run naming the chunk and the cause. A problem the user can fix (a bad model,
+a missing token) is raised as itself, whether it happened in an actor's start-up or in a chunk.
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter, defaultdict, deque
+from dataclasses import replace
+from typing import Callable, Iterator, Sequence
+
+from steer_eval.assembly import AssembledPrompt
+from steer_eval.backends.spec import BackendSpec
+from steer_eval.errors import RunMismatchError, UserError, WorkerFailedError
+from steer_eval.generation import GenerationConfig
+from steer_eval.records import Record, Request, encode_records
+from steer_eval.scoring import scorer_spec, verify
+
+MAX_CHUNK_FAILURES = 3  # a chunk whose worker died this often is not retried again
+Chunk = tuple[int, list[Request]]
+Sink = Callable[[list[Request], bytes], None]  # a chunk and its records as JSONL
+
+
+def evaluate(backend, requests: Sequence[Request], config: GenerationConfig, run_id: str = "") -> list[Record]:
+    """Assemble, generate and verify; one record per request, in order."""
+    assembled = [backend.assemble(r.prompt, r.behaviors, control_method=r.control_method, mode=r.mode,
+                                  paraphrase_seed=r.paraphrase_seed) for r in requests]
+    # Each sample index gets its own sampling seed, so several samples of one prompt differ.
+    by_sample: dict[int, list[int]] = defaultdict(list)
+    for index, request in enumerate(requests):
+        by_sample[request.sample].append(index)
+    responses: list[str] = [""] * len(requests)
+    for sample, indices in by_sample.items():
+        texts = backend.generate([assembled[i] for i in indices], sample_config(config, sample), progress=False)
+        for index, text in zip(indices, texts):
+            responses[index] = text
+    return [Record(request, response, verify(request.behaviors, response).per_behavior,
+                   scorer_spec(request.behaviors), sample_config(config, request.sample).as_dict(),
+                   prompt.token_names, prompt.instruction, backend.name, backend.model_spec, run_id)
+            for request, prompt, response in zip(requests, assembled, responses)]
+
+
+def sample_config(config: GenerationConfig, sample: int) -> GenerationConfig:
+    return config if sample == 0 else replace(config, seed=config.seed + sample)
+
+
+class GridWorker:
+    """One backend, built once, serving chunks of requests (and BackendPool's generate/loglikelihood).
+
+    On Ray, a start-up failure is kept and raised by every call, so the driver sees the error itself rather than
+    Ray's ActorDiedError, and Ray does not restart an actor that can never start."""
+
+    def __init__(self, spec: BackendSpec, backend=None, *, keep_startup_error: bool = False):
+        self.startup_error: Exception | None = None
+        try:
+            self.backend = backend or spec.build()
+        except Exception as error:  # noqa: BLE001 - re-raised by every call below
+            if not keep_startup_error:
+                raise
+            self.startup_error = error
+
+    def _ready(self):
+        if self.startup_error is not None:
+            raise self.startup_error
+        return self.backend
+
+    def fingerprint(self) -> str:
+        return self._ready().fingerprint
+
+    def run(self, requests: Sequence[Request], config: GenerationConfig, run_id: str) -> bytes:
+        """The requests' records as JSONL: encoded here, in parallel across workers, so the writer only appends."""
+        backend = self._ready()
+        if hasattr(backend, "evaluate"):  # the simulated backend makes its records itself
+            return encode_records(backend.evaluate(requests, config, run_id))
+        return encode_records(evaluate(backend, requests, config, run_id))
+
+    def describe(self) -> tuple[str, object]:
+        return self._ready().name, self._ready().tokenizer
+
+    def generate(self, prompts: Sequence[AssembledPrompt], config: GenerationConfig) -> list[str]:
+        return self._ready().generate(prompts, config, progress=False)
+
+    def loglikelihood(self, requests: Sequence[tuple[AssembledPrompt, str]]) -> list[tuple[float, bool]]:
+        return self._ready().loglikelihood(requests, progress=False)
+
+    def shutdown(self) -> None:
+        if self.startup_error is None:
+            self.backend.shutdown()
+
+
+class InProcessWorkers:
+    def __init__(self, spec: BackendSpec, backend=None):
+        self.worker = GridWorker(spec, backend)
+        self.owned = backend is None
+
+    def fingerprint(self) -> str:
+        return self.worker.fingerprint()
+
+    def run(self, chunks: Iterator[Chunk], config: GenerationConfig, run_id: str, sink: Sink) -> None:
+        for _, chunk in chunks:
+            sink(chunk, self.worker.run(chunk, config, run_id))
+
+    def close(self) -> None:
+        if self.owned:
+            self.worker.shutdown()
+
+
+def connect(address: str | None) -> None:
+    """Attach to the cluster at `address`, or start a private Ray instance when none is given."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    # "local" always starts a private instance; None would attach to any cluster recorded in Ray's temp folder,
+    # even a dead one, and hang.
+    try:
+        ray.init(address=address or "local", log_to_driver=False, include_dashboard=False if not address else None)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        if not address:
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot connect to the Ray cluster at {address!r} ({first_line}); check the address "
+                        "(host:port of `ray start --head`) and, for clusters with token authentication, export "
+                        "the cluster's token as RAY_AUTH_TOKEN (see the README's cluster section)") from None
+
+
+def _unwrap(error: Exception) -> Exception:
+    """The exception raised inside an actor, as itself (a UserError stays a UserError)."""
+    from ray.exceptions import RayTaskError
+
+    if isinstance(error, RayTaskError) and isinstance(error.cause, Exception):
+        return error.cause
+    return error
+
+
+def start_actors(spec: BackendSpec, actors: int, address: str | None) -> list:
+    import ray
+
+    connect(address)
+    gpus = 0
+    if not spec.simulated:
+        import torch
+        gpus = 1 if (ray.cluster_resources().get("GPU", 0) > 0 or torch.cuda.is_available()) else 0
+        gpus *= int(spec.options.get("tensor_parallel_size", 1))
+    # Ray restarts an actor whose process died; the chunks it had in flight are requeued by RayWorkers.run.
+    Worker = ray.remote(num_gpus=gpus, num_cpus=0 if gpus else 1, max_restarts=-1)(GridWorker)
+    workers = [Worker.remote(spec, keep_startup_error=True) for _ in range(actors)]
+    try:
+        fingerprints = set(ray.get([worker.fingerprint.remote() for worker in workers]))
+    except Exception as error:
+        for worker in workers:
+            ray.kill(worker, no_restart=True)
+        raise _unwrap(error) from None
+    if len(fingerprints) != 1:
+        raise RunMismatchError(f"the Ray workers loaded different models ({', '.join(sorted(fingerprints))}); "
+                               "give every node the same model files")
+    return workers
+
+
+def _lost_worker_errors() -> tuple[type[Exception], ...]:
+    import ray.exceptions as errors
+    names = ("RayActorError", "WorkerCrashedError", "ObjectLostError", "OwnerDiedError", "NodeDiedError",
+             "ActorUnavailableError")
+    return tuple(getattr(errors, name) for name in names if hasattr(errors, name))
+
+
+class RayWorkers:
+    def __init__(self, spec: BackendSpec, actors: int, address: str | None):
+        self.workers = start_actors(spec, actors, address)
+
+    def fingerprint(self) -> str:
+        import ray
+        return ray.get(self.workers[0].fingerprint.remote())
+
+    def run(self, chunks: Iterator[Chunk], config: GenerationConfig, run_id: str, sink: Sink) -> None:
+        import ray
+
+        lost = _lost_worker_errors()
+        retry: deque[Chunk] = deque()
+        failures: Counter[int] = Counter()
+        pending: dict = {}
+
+        def submit(worker) -> None:
+            chunk = retry.popleft() if retry else next(chunks, None)
+            if chunk is not None:
+                pending[worker.run.remote(chunk[1], config, run_id)] = (worker, chunk)
+
+        # Two chunks in flight per actor keep each engine busy while the driver writes results.
+        for worker in self.workers * 2:
+            submit(worker)
+        while pending:
+            [done], _ = ray.wait(list(pending), num_returns=1)
+            worker, (number, chunk) = pending.pop(done)
+            try:
+                data = ray.get(done)
+            except lost as error:
+                failures[number] += 1
+                cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                if failures[number] >= MAX_CHUNK_FAILURES:
+                    raise WorkerFailedError(
+                        f"chunk {number} ({len(chunk)} evaluations, first {chunk[0].key}) lost its worker "
+                        f"{failures[number]} times, last: {type(error).__name__}: {cause}; its records are not "
+                        "written, everything else is: rerun the same command to resume") from None
+                print(f"steer-eval: warning: a worker died ({type(error).__name__}); chunk {number} "
+                      f"({len(chunk)} evaluations) goes back to the queue", file=sys.stderr)
+                retry.append((number, chunk))
+            except Exception as error:  # noqa: BLE001 - the actor's own exception, unwrapped
+                raise _unwrap(error) from None
+            else:
+                sink(chunk, data)
+            submit(worker)
+
+    def close(self) -> None:
+        import ray
+        for worker in self.workers:
+            ray.kill(worker, no_restart=True)
+
+
+def _shards(items: Sequence, count: int) -> list[Sequence]:
+    """Contiguous, nearly equal slices, so results concatenate back in input order."""
+    size, extra = divmod(len(items), count)
+    bounds = [0]
+    for index in range(count):
+        bounds.append(bounds[-1] + size + (index < extra))
+    return [items[bounds[i]:bounds[i + 1]] for i in range(count)]
+
+
+class BackendPool:
+    """Looks like one backend (generate, loglikelihood, name, tokenizer); each call is split across Ray actors
+    that built their backend once and keep it for the pool's life (lm-eval's data_parallel_size)."""
+
+    def __init__(self, spec: BackendSpec, actors: int, address: str | None = None):
+        import ray
+
+        self.workers = start_actors(spec, actors, address)
+        self.name, self.tokenizer = ray.get(self.workers[0].describe.remote())
+
+    def _map(self, method: str, items: Sequence, *args) -> list:
+        import ray
+
+        shards = _shards(list(items), len(self.workers))
+        futures = [getattr(worker, method).remote(shard, *args) for worker, shard in zip(self.workers, shards) if shard]
+        try:
+            return [result for part in ray.get(futures) for result in part]
+        except Exception as error:
+            raise _unwrap(error) from None
+
+    def generate(self, prompts: Sequence[AssembledPrompt], config: GenerationConfig = GenerationConfig(),
+                 progress: bool = True) -> list[str]:
+        return self._map("generate", prompts, config)
+
+    def loglikelihood(self, requests: Sequence[tuple[AssembledPrompt, str]],
+                      progress: bool = True) -> list[tuple[float, bool]]:
+        return self._map("loglikelihood", requests)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for worker in self.workers:
+            ray.kill(worker, no_restart=True)
+        self.workers = []
