@@ -9,6 +9,7 @@ a missing token) is raised as itself, whether it happened in an actor's start-up
 from __future__ import annotations
 
 import sys
+import time
 from collections import Counter, defaultdict, deque
 from dataclasses import replace
 from typing import Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ from steer_eval.records import Record, Request, encode_records
 from steer_eval.scoring import scorer_spec, verify
 
 MAX_CHUNK_FAILURES = 3  # a chunk whose worker died this often is not retried again
+WORKER_RESTART_TIMEOUT = 900  # seconds a dead worker may take to come back (a vLLM engine starts in minutes)
 Chunk = tuple[int, list[Request]]
 Sink = Callable[[list[Request], bytes], None]  # a chunk and its records as JSONL
 
@@ -182,36 +184,61 @@ class RayWorkers:
         lost = _lost_worker_errors()
         retry: deque[Chunk] = deque()
         failures: Counter[int] = Counter()
-        pending: dict = {}
+        pending: dict = {}  # object ref -> (worker, chunk), or (worker, None) for a probe of a restarting worker
+        down_since: dict = {}  # worker -> when it was found dead
 
         def submit(worker) -> None:
             chunk = retry.popleft() if retry else next(chunks, None)
             if chunk is not None:
                 pending[worker.run.remote(chunk[1], config, run_id)] = (worker, chunk)
 
+        def probe(worker) -> None:
+            if time.monotonic() - down_since[worker] > WORKER_RESTART_TIMEOUT:
+                raise WorkerFailedError(f"a Ray worker has not come back within {WORKER_RESTART_TIMEOUT} s after "
+                                        "dying; the records written so far are kept: rerun the same command to resume")
+            pending[worker.fingerprint.remote()] = (worker, None)
+
         # Two chunks in flight per actor keep each engine busy while the driver writes results.
         for worker in self.workers * 2:
             submit(worker)
         while pending:
             [done], _ = ray.wait(list(pending), num_returns=1)
-            worker, (number, chunk) = pending.pop(done)
+            worker, chunk = pending.pop(done)
             try:
                 data = ray.get(done)
             except lost as error:
+                down_since.setdefault(worker, time.monotonic())
+                if chunk is None:  # still restarting: ask again shortly
+                    time.sleep(0.5)
+                    probe(worker)
+                    continue
+                number, requests = chunk
+                retry.append(chunk)
+                # Chunks only go to workers that answered, so the chunk was running when its worker died.
                 failures[number] += 1
-                cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                if failures[number] >= MAX_CHUNK_FAILURES:
-                    raise WorkerFailedError(
-                        f"chunk {number} ({len(chunk)} evaluations, first {chunk[0].key}) lost its worker "
-                        f"{failures[number]} times, last: {type(error).__name__}: {cause}; its records are not "
-                        "written, everything else is: rerun the same command to resume") from None
                 print(f"steer-eval: warning: a worker died ({type(error).__name__}); chunk {number} "
-                      f"({len(chunk)} evaluations) goes back to the queue", file=sys.stderr)
-                retry.append((number, chunk))
+                      f"({len(requests)} evaluations) goes back to the queue", file=sys.stderr)
+                if failures[number] >= MAX_CHUNK_FAILURES:
+                    cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                    raise WorkerFailedError(
+                        f"chunk {number} ({len(requests)} evaluations, first {requests[0].key}) lost its worker "
+                        f"{failures[number]} times, last: {type(error).__name__}: {cause[:300]}; its records are "
+                        "not written, everything else is: rerun the same command to resume") from None
+                if not any(w is worker for w, _ in pending.values()):
+                    probe(worker)  # one probe per worker, once none of its tasks is still out
+                busy = [w for w, _ in pending.values()]
+                for idle in self.workers:  # a healthy worker that ran out of work takes the chunk now
+                    if retry and idle not in down_since and not any(w is idle for w in busy):
+                        submit(idle)
+                continue
             except Exception as error:  # noqa: BLE001 - the actor's own exception, unwrapped
                 raise _unwrap(error) from None
-            else:
-                sink(chunk, data)
+            if chunk is None:  # a restarted worker answered: give it work again
+                down_since.pop(worker, None)
+                submit(worker)
+                submit(worker)
+                continue
+            sink(chunk[1], data)
             submit(worker)
 
     def close(self) -> None:

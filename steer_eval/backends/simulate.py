@@ -11,6 +11,7 @@ import hashlib
 import time
 from typing import Sequence
 
+from steer_eval.errors import SettingError
 from steer_eval.generation import GenerationConfig
 from steer_eval.records import Record, Request
 
@@ -38,7 +39,7 @@ class SimulatedBackend:
 
     def __init__(self, model_spec: str = "simulated", tokens_dir=None, *, delay: float = 0.0, seed: int = 0):
         if delay < 0:
-            raise ValueError(f"delay must be >= 0 seconds, got {delay}")
+            raise SettingError(f"the simulate backend's delay must be >= 0 seconds, got {delay}")
         self.model_spec = model_spec
         self.delay = float(delay)
         self.seed = seed
