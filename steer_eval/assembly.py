@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from steer_eval.behaviors import AND_TOKEN, Behavior, BehaviorError, resolve
 
 CONTROL_METHODS = ("steering", "text", "hybrid")
 MODES = ("composition", "concatenation", "native_and")
+if TYPE_CHECKING:
+    import torch
+
 _MARKER = "\uE000STEER\uE000"  # a private-use sentinel no prompt contains; split point of the rendered template
 
 
@@ -51,8 +52,13 @@ def steering_sequence(behaviors: Sequence[str], mode: str) -> list[str]:
     return sequence
 
 
+FIRST_INSTRUCTION = -1  # a paraphrase seed meaning "each behaviour's first (canonical) instruction"
+
+
 def choose_paraphrase(behavior: Behavior, prompt: str, seed: int) -> str:
     """A paraphrase picked by hashing (seed, prompt, behaviour): reproducible and independent of call order."""
+    if seed == FIRST_INSTRUCTION:
+        return behavior.instructions[0]
     digest = hashlib.sha256(f"{seed}\x00{prompt}\x00{behavior.id}".encode()).digest()
     return behavior.instructions[int.from_bytes(digest[:8], "big") % len(behavior.instructions)]
 
@@ -122,12 +128,14 @@ def assemble(prompt: str, behaviors: Sequence[str], tokenizer, *, control_method
                            control_method, mode, instruction)
 
 
-def embed(assembled: AssembledPrompt, embedding_weight: torch.Tensor,
-          vectors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+def embed(assembled: AssembledPrompt, embedding_weight: "torch.Tensor",
+          vectors: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
     """(seq_len, hidden) input embeddings: the ids' rows with each slot replaced by its steering vector.
 
     Differentiable in `vectors` (the trainer passes its parameters here).
     """
+    import torch  # here, not at the top: planning a grid needs no torch
+
     ids = torch.tensor(assembled.input_ids, device=embedding_weight.device)
     rows = embedding_weight[ids]
     if not assembled.slots:

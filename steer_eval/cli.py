@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from typing import Sequence
 
@@ -111,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--dry-run", action="store_true",
                       help="print the plan (evaluations per k and setting, tokens needed and missing, an estimate) "
                            "and exit without loading a model")
+    grid.add_argument("--first-instruction", action="store_true",
+                      help="text/hybrid: each behaviour's first instruction instead of a seeded paraphrase")
+    grid.add_argument("--tensor-parallel-size", "--tensor_parallel_size", dest="tensor_parallel_size", type=_positive,
+                      default=1, help="vLLM only: GPUs per engine (each actor takes that many)")
     grid.add_argument("--delay", type=float, default=0.0,
                       help="simulate backend only: seconds per evaluation, standing in for generation time")
     _add_generation_options(grid, backend_default="vllm")
@@ -124,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _backend_spec(args, model: str):
     from steer_eval.backends.spec import BackendSpec
-    options = {"hf": {"batch_size": args.batch_size}, "simulate": {"delay": getattr(args, "delay", 0.0)}}
-    options = options.get(args.backend, {})
+    tensor_parallel = getattr(args, "tensor_parallel_size", 1)
+    options = {"hf": {"batch_size": args.batch_size}, "simulate": {"delay": getattr(args, "delay", 0.0)},
+               "vllm": {"tensor_parallel_size": tensor_parallel} if tensor_parallel > 1 else {}}[args.backend]
     return BackendSpec(args.backend, model, args.tokens_dir, options)
 
 
@@ -216,7 +222,8 @@ def _grid(args) -> int:
 
     only = [c.split("+") for c in args.combination] if args.combination else None
     prompts = load_prompts(args.data_path)[:args.num_prompts]
-    plan = build_grid(prompts, args.ks, args.control_methods, args.modes, args.max_combinations, args.seed, only)
+    plan = build_grid(prompts, args.ks, args.control_methods, args.modes, args.max_combinations, args.seed, only,
+                      args.first_instruction)
     if len(plan) == 0:
         raise UserError("the grid is empty: every --combination has a size not in --k; add its size to --k")
     spec, output = _backend_spec(args, args.model), Path(args.output_dir) / RECORDS_FILE
@@ -262,8 +269,13 @@ def _analyze(args) -> int:
     return 0
 
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt  # so SIGTERM (a scheduler's stop) cleans up like Ctrl-C: workers and Ray shut down
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         return run(args)
     except UserError as error:

@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+from steer_eval.assembly import FIRST_INSTRUCTION
 from steer_eval.behaviors import Behavior, compatible_combinations, resolve
 from steer_eval.errors import UserError
 from steer_eval.prompts import Prompt
@@ -49,6 +50,7 @@ class GridPlan:
     max_combinations: int | None = None
     seed: int = 0
     only: tuple[tuple[str, ...], ...] | None = None
+    first_instruction: bool = False  # text/hybrid: each behaviour's first instruction, not a seeded paraphrase
 
     def __post_init__(self):
         ids = Counter(p.id for p in self.prompts)
@@ -70,7 +72,7 @@ class GridPlan:
         for setting in self.settings():
             for p in self.prompts:
                 yield Request(p.id, p.prompt, setting.behaviors, setting.control_method, setting.mode,
-                              paraphrase_seed=self.seed)
+                              paraphrase_seed=FIRST_INSTRUCTION if self.first_instruction else self.seed)
 
     def __len__(self) -> int:
         return sum(1 for _ in self.settings()) * len(self.prompts)
@@ -91,6 +93,6 @@ class GridPlan:
 
 def build_grid(prompts: Sequence[Prompt], ks: Sequence[int], control_methods: Sequence[str], modes: Sequence[str],
                max_combinations: int | None = None, seed: int = 0,
-               only: Sequence[Sequence[str]] | None = None) -> GridPlan:
+               only: Sequence[Sequence[str]] | None = None, first_instruction: bool = False) -> GridPlan:
     return GridPlan(tuple(prompts), tuple(ks), tuple(control_methods), tuple(modes), max_combinations, seed,
-                    tuple(tuple(c) for c in only) if only else None)
+                    tuple(tuple(c) for c in only) if only else None, first_instruction)

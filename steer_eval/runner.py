@@ -202,9 +202,10 @@ def _execute(chunks: Iterator[Chunk], todo: int, spec, config, identity, stored,
     if backend is None and not spec.simulated:
         resolve_model_path(spec.model)  # a missing model folder fails here, not inside a worker
     workers = InProcessWorkers(spec, backend) if actors == 0 else RayWorkers(spec, actors, address)
-    written, started = 0, time.monotonic()
+    written, started = 0, None
     try:
         identity = replace(identity, model_fingerprint=workers.fingerprint())
+        started = time.monotonic()  # the rate --dry-run estimates from excludes model loading
         if path is not None:
             if stored is not None and identity.conflicts(stored):
                 raise RunMismatchError(f"{path} holds records of another run: {'; '.join(identity.conflicts(stored))}."
@@ -221,7 +222,7 @@ def _execute(chunks: Iterator[Chunk], todo: int, spec, config, identity, stored,
             workers.run(chunks, config, identity.run_id, deliver)
     finally:
         workers.close()
-        if path is not None and written:
+        if path is not None and written and started is not None:
             write_manifest(path, identity.merged(stored), {"evaluations": written, "actors": actors,
                                                            "seconds": round(time.monotonic() - started, 3)})
 

@@ -111,6 +111,9 @@ class InProcessWorkers:
             self.worker.shutdown()
 
 
+_started_here: list[bool] = []  # non-empty while this process runs the private Ray instance it started
+
+
 def connect(address: str | None) -> None:
     """Attach to the cluster at `address`, or start a private Ray instance when none is given."""
     import ray
@@ -121,6 +124,8 @@ def connect(address: str | None) -> None:
     # even a dead one, and hang.
     try:
         ray.init(address=address or "local", log_to_driver=False, include_dashboard=False if not address else None)
+        if not address:
+            _started_here.append(True)
     except (ConnectionError, RuntimeError, ValueError) as error:
         if not address:
             raise
@@ -128,6 +133,17 @@ def connect(address: str | None) -> None:
         raise UserError(f"cannot connect to the Ray cluster at {address!r} ({first_line}); check the address "
                         "(host:port of `ray start --head`) and, for clusters with token authentication, export "
                         "the cluster's token as RAY_AUTH_TOKEN (see the README's cluster section)") from None
+
+
+def _stop(workers: list) -> None:
+    """Kill the actors; a private Ray instance (started by `connect`) goes with them."""
+    import ray
+
+    for worker in workers:
+        ray.kill(worker, no_restart=True)
+    if _started_here:
+        ray.shutdown()
+        _started_here.clear()
 
 
 def _unwrap(error: Exception) -> Exception:
@@ -149,7 +165,10 @@ def start_actors(spec: BackendSpec, actors: int, address: str | None) -> list:
         gpus = 1 if (ray.cluster_resources().get("GPU", 0) > 0 or torch.cuda.is_available()) else 0
         gpus *= int(spec.options.get("tensor_parallel_size", 1))
     # Ray restarts an actor whose process died; the chunks it had in flight are requeued by RayWorkers.run.
-    Worker = ray.remote(num_gpus=gpus, num_cpus=0 if gpus else 1, max_restarts=-1)(GridWorker)
+    # A simulated worker mostly waits, so it takes a fraction of a CPU; a model takes a whole one (or its GPUs).
+    cpus = 0 if gpus else (0.25 if spec.simulated else 1)
+    _check_capacity(actors, cpus, gpus, address)
+    Worker = ray.remote(num_gpus=gpus, num_cpus=cpus, max_restarts=-1)(GridWorker)
     workers = [Worker.remote(spec, keep_startup_error=True) for _ in range(actors)]
     try:
         fingerprints = set(ray.get([worker.fingerprint.remote() for worker in workers]))
@@ -161,6 +180,19 @@ def start_actors(spec: BackendSpec, actors: int, address: str | None) -> list:
         raise RunMismatchError(f"the Ray workers loaded different models ({', '.join(sorted(fingerprints))}); "
                                "give every node the same model files")
     return workers
+
+
+def _check_capacity(actors: int, cpus: float, gpus: int, address: str | None) -> None:
+    """Refuse at once what the cluster can never place (Ray would wait forever for the missing resources)."""
+    import ray
+
+    have = ray.cluster_resources()
+    for name, each in (("GPU", gpus), ("CPU", cpus)):
+        if each and actors * each > have.get(name, 0):
+            where = f"the Ray cluster at {address}" if address else "this machine's private Ray instance"
+            raise UserError(f"--actors {actors} needs {actors * each:g} {name}s ({each:g} per actor), but {where} has "
+                            f"{have.get(name, 0):g}; use --actors {int(have.get(name, 0) // each)} or fewer, or add "
+                            "nodes to the cluster")
 
 
 def _lost_worker_errors() -> tuple[type[Exception], ...]:
@@ -242,9 +274,7 @@ class RayWorkers:
             submit(worker)
 
     def close(self) -> None:
-        import ray
-        for worker in self.workers:
-            ray.kill(worker, no_restart=True)
+        _stop(self.workers)
 
 
 def _shards(items: Sequence, count: int) -> list[Sequence]:
@@ -285,8 +315,5 @@ class BackendPool:
         return self._map("loglikelihood", requests)
 
     def shutdown(self) -> None:
-        import ray
-
-        for worker in self.workers:
-            ray.kill(worker, no_restart=True)
+        _stop(self.workers)
         self.workers = []

@@ -34,3 +34,30 @@ def test_subsample_is_seeded_and_conflict_free():
     for combo in first:
         assert len({b.category for b in combo}) == 3
     assert all(len(set(p)) == 3 for c in first for p in itertools.permutations(b.id for b in c))
+
+
+def test_a_plan_is_lazy_counted_and_described_without_being_a_list():
+    plan = build_grid(PROMPTS, [1, 2], ["steering", "text"], ["composition", "native_and"], max_combinations=3)
+    assert not isinstance(plan, list) and len(plan) == sum(1 for _ in plan) == len({r.key for r in plan})
+    rows = {(r["k"], r["control_method"], r["mode"]): r for r in plan.describe()}
+    assert rows[(2, "steering", "native_and")] == {"k": 2, "control_method": "steering", "mode": "native_and",
+                                                   "combinations": 3, "orders": 6, "evaluations": 12}
+    assert sum(r["evaluations"] for r in rows.values()) == len(plan)
+    assert list(plan) == list(plan)  # iterated again, the same requests in the same order
+
+
+def test_repeated_prompt_ids_are_refused():
+    import pytest
+
+    from steer_eval.errors import UserError
+    with pytest.raises(UserError, match="prompt ids must be unique, but a appear"):
+        build_grid([*PROMPTS, Prompt("a", "Another text")], [1], ["text"], ["composition"])
+
+
+def test_first_instruction_uses_the_canonical_wording():
+    from steer_eval.assembly import FIRST_INSTRUCTION
+    from steer_eval.behaviors import get_behavior
+    plan = build_grid(PROMPTS, [1], ["text"], ["composition"], only=[["german"]], first_instruction=True)
+    assert {r.paraphrase_seed for r in plan} == {FIRST_INSTRUCTION}
+    from steer_eval.assembly import choose_paraphrase
+    assert choose_paraphrase(get_behavior("german"), "any", FIRST_INSTRUCTION) == get_behavior("german").instructions[0]
