@@ -230,8 +230,11 @@ def _grid(args) -> int:
     if args.dry_run:
         print(_plan_text(plan, dry_run(plan, spec, output, args.actors)))
         return 0
-    run_requests(plan, spec, _generation_config(args), output, actors=args.actors, address=args.address,
-                 chunk_size=args.chunk_size, restart=args.restart)
+    result = run_requests(plan, spec, _generation_config(args), output, actors=args.actors, address=args.address,
+                          chunk_size=args.chunk_size, restart=args.restart)
+    if args.actors and result.per_node:
+        print("evaluations per Ray node: " + ", ".join(f"{node[:12]} {count}" for node, count in
+                                                       sorted(result.per_node.items())), file=sys.stderr)
     print(markdown_table(group_summaries(read_records(output))))
     return 0
 

@@ -117,6 +117,14 @@ def _stored_hashes(path: Path, run_id: str, prompts: dict[str, str]) -> np.ndarr
     return np.unique(np.frombuffer(hashes, dtype=np.int64))
 
 
+def _recorded(planned: np.ndarray, done: np.ndarray) -> int:
+    """How many of the planned (sorted) hashes are among the done (sorted) ones, without large temporaries."""
+    if not len(done):
+        return 0
+    where = np.searchsorted(done, planned).clip(max=len(done) - 1)
+    return int((done[where] == planned).sum())
+
+
 def _pending(requests: Iterable[Request], done: np.ndarray, chunk_size: int) -> Iterator[Chunk]:
     """Numbered chunks of the requests whose hash is not in `done`, generated as the workers ask for them."""
     iterator, number, chunk = iter(requests), 0, []
@@ -142,6 +150,7 @@ class RunResult:
     skipped: int  # already in the output before this run
     evaluated: int  # run now
     in_memory: dict[str, Record] | None = None  # without an output file
+    per_node: dict[str, int] = field(default_factory=dict)  # evaluations run now, by Ray node (or this process)
 
     def records(self) -> list[Record]:
         """The records of the requests asked for, in their order (read back from the output file)."""
@@ -175,10 +184,10 @@ def run(requests: Iterable[Request], spec: BackendSpec, config: GenerationConfig
     identity = run_identity(spec, config, plan.tokens)
     if output is None:
         results: dict[str, Record] = {}
-        _execute(_pending(requests, np.empty(0, np.int64), chunk_size), plan.count, spec, config, identity, None,
-                 actors, address, progress, backend,
-                 lambda data: results.update((r.key, r) for r in decode_records(data)), on_records)
-        return RunResult(requests, None, plan.count, 0, plan.count, results)
+        per_node = _execute(_pending(requests, np.empty(0, np.int64), chunk_size), plan.count, spec, config, identity,
+                            None, actors, address, progress, backend,
+                            lambda data: results.update((r.key, r) for r in decode_records(data)), on_records)
+        return RunResult(requests, None, plan.count, 0, plan.count, results, per_node)
 
     path = Path(output)
     if path.is_dir():
@@ -188,17 +197,18 @@ def run(requests: Iterable[Request], spec: BackendSpec, config: GenerationConfig
             set_aside(path)
         stored = check_identity(path, identity)
         done = _stored_hashes(path, identity.run_id, plan.prompts) if stored else np.empty(0, np.int64)
-        todo = plan.count - int(np.isin(done, plan.hashes).sum())
+        todo = plan.count - _recorded(plan.hashes, done)
         if todo < plan.count and progress:
             print(f"resuming: {plan.count - todo} of {plan.count} evaluations already in {path}", file=sys.stderr)
+        per_node = {}
         if todo:
-            _execute(_pending(requests, done, chunk_size), todo, spec, config, identity, stored, actors, address,
-                     progress, backend, lambda records: append_records(path, records), on_records, path)
-        return RunResult(requests, path, plan.count, plan.count - todo, todo)
+            per_node = _execute(_pending(requests, done, chunk_size), todo, spec, config, identity, stored, actors,
+                                address, progress, backend, lambda data: append_records(path, data), on_records, path)
+        return RunResult(requests, path, plan.count, plan.count - todo, todo, per_node=per_node)
 
 
 def _execute(chunks: Iterator[Chunk], todo: int, spec, config, identity, stored, actors, address, progress, backend,
-             sink, on_records, path: Path | None = None) -> None:
+             sink, on_records, path: Path | None = None) -> dict[str, int]:
     if backend is None and not spec.simulated:
         resolve_model_path(spec.model)  # a missing model folder fails here, not inside a worker
     workers = InProcessWorkers(spec, backend) if actors == 0 else RayWorkers(spec, actors, address)
@@ -220,6 +230,7 @@ def _execute(chunks: Iterator[Chunk], todo: int, spec, config, identity, stored,
                     on_records(decode_records(data))
                 bar.update(len(chunk))
             workers.run(chunks, config, identity.run_id, deliver)
+        return dict(workers.per_node)
     finally:
         workers.close()
         if path is not None and written and started is not None:
@@ -236,7 +247,7 @@ def dry_run(requests: Iterable[Request], spec: BackendSpec, output: str | Path |
     if path is not None and path.is_file() and read_manifest(path) is not None:
         run_id = read_manifest(path).run_id
         stored = _stored_hashes(path, run_id, plan.prompts)
-        done = int(np.isin(stored, plan.hashes).sum())
+        done = _recorded(plan.hashes, stored)
     estimate = None
     rate = read_throughput(path) if path is not None else None
     if rate and rate.get("seconds"):

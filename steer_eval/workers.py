@@ -8,6 +8,7 @@ a missing token) is raised as itself, whether it happened in an actor's start-up
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter, defaultdict, deque
@@ -73,6 +74,12 @@ class GridWorker:
     def fingerprint(self) -> str:
         return self._ready().fingerprint
 
+    def node(self) -> str:
+        """The Ray node this worker runs on (after a restart it may be another one)."""
+        import ray
+        self._ready()
+        return ray.get_runtime_context().get_node_id()
+
     def run(self, requests: Sequence[Request], config: GenerationConfig, run_id: str) -> bytes:
         """The requests' records as JSONL: encoded here, in parallel across workers, so the writer only appends."""
         backend = self._ready()
@@ -98,6 +105,7 @@ class InProcessWorkers:
     def __init__(self, spec: BackendSpec, backend=None):
         self.worker = GridWorker(spec, backend)
         self.owned = backend is None
+        self.per_node: Counter[str] = Counter()
 
     def fingerprint(self) -> str:
         return self.worker.fingerprint()
@@ -105,6 +113,7 @@ class InProcessWorkers:
     def run(self, chunks: Iterator[Chunk], config: GenerationConfig, run_id: str, sink: Sink) -> None:
         for _, chunk in chunks:
             sink(chunk, self.worker.run(chunk, config, run_id))
+            self.per_node["this process"] += len(chunk)
 
     def close(self) -> None:
         if self.owned:
@@ -121,7 +130,8 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     # "local" always starts a private instance; None would attach to any cluster recorded in Ray's temp folder,
-    # even a dead one, and hang.
+    # even a dead one, and hang. RAY_ADDRESS is explicit (`ray job submit` sets it for the job's driver).
+    address = address or os.environ.get("RAY_ADDRESS") or None
     try:
         ray.init(address=address or "local", log_to_driver=False, include_dashboard=False if not address else None)
         if not address:
@@ -130,9 +140,10 @@ def connect(address: str | None) -> None:
         if not address:
             raise
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot connect to the Ray cluster at {address!r} ({first_line}); check the address "
-                        "(host:port of `ray start --head`) and, for clusters with token authentication, export "
-                        "the cluster's token as RAY_AUTH_TOKEN (see the README's cluster section)") from None
+        raise UserError(f"cannot connect to the Ray cluster at {address!r} ({first_line[:300]}); check the address "
+                        "(host:port of `ray start --head`), and for a cluster with token authentication (Ray's "
+                        "default) export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the cluster's token file> "
+                        "before running (README, 'Running on a Ray cluster')") from None
 
 
 def _stop(workers: list) -> None:
@@ -204,7 +215,11 @@ def _lost_worker_errors() -> tuple[type[Exception], ...]:
 
 class RayWorkers:
     def __init__(self, spec: BackendSpec, actors: int, address: str | None):
+        import ray
+
         self.workers = start_actors(spec, actors, address)
+        self.node_of = dict(zip(self.workers, ray.get([worker.node.remote() for worker in self.workers])))
+        self.per_node: Counter[str] = Counter()  # evaluations delivered, by Ray node id
 
     def fingerprint(self) -> str:
         import ray
@@ -228,7 +243,7 @@ class RayWorkers:
             if time.monotonic() - down_since[worker] > WORKER_RESTART_TIMEOUT:
                 raise WorkerFailedError(f"a Ray worker has not come back within {WORKER_RESTART_TIMEOUT} s after "
                                         "dying; the records written so far are kept: rerun the same command to resume")
-            pending[worker.fingerprint.remote()] = (worker, None)
+            pending[worker.node.remote()] = (worker, None)
 
         # Two chunks in flight per actor keep each engine busy while the driver writes results.
         for worker in self.workers * 2:
@@ -267,10 +282,12 @@ class RayWorkers:
                 raise _unwrap(error) from None
             if chunk is None:  # a restarted worker answered: give it work again
                 down_since.pop(worker, None)
+                self.node_of[worker] = data
                 submit(worker)
                 submit(worker)
                 continue
             sink(chunk[1], data)
+            self.per_node[self.node_of[worker]] += len(chunk[1])
             submit(worker)
 
     def close(self) -> None:
