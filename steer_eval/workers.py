@@ -136,7 +136,7 @@ def connect(address: str | None) -> None:
         ray.init(address=address or "local", log_to_driver=False, include_dashboard=False if not address else None)
         if not address:
             _started_here.append(True)
-    except (ConnectionError, RuntimeError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - Ray raises several types (ConnectionError, AuthenticationError, ...)
         if not address:
             raise
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
