@@ -31,8 +31,8 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def _add_generation_options(parser: argparse.ArgumentParser, backend_default: str) -> None:
-    parser.add_argument("--backend", choices=BACKENDS, default=backend_default,
+def _add_generation_options(parser: argparse.ArgumentParser, backend_default: str, backends=BACKENDS) -> None:
+    parser.add_argument("--backend", choices=backends, default=backend_default,
                         help="simulate: no model, fake responses and verdicts (for testing runs at scale)")
     parser.add_argument("--tokens-dir", "--tokens_dir", dest="tokens_dir", default=None,
                         help="folder holding <name>/vector.safetensors (default: models/<MODEL>/steering_tokens)")
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--prompt", required=True)
     generate.add_argument("--verify", action="store_true", help="also print the verdict as JSON")
     _add_steering_options(generate)
-    _add_generation_options(generate, backend_default="hf")
+    _add_generation_options(generate, backend_default="hf", backends=("hf", "vllm"))
 
     infer = commands.add_parser("infer", help="run a prompt file with one setting: a one-setting grid")
     infer.add_argument("--data_path", "--data-path", dest="data_path", default="bundled",

@@ -3,6 +3,7 @@ and bad input refused before anything runs."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,33 @@ def test_summary_of_a_grid_equals_analyze_of_its_folder(tmp_path):
     rows = json.loads(analyzed.stdout)
     assert {(r["control_method"], r["k"]) for r in rows} == {("steering", 1), ("steering", 2), ("text", 1), ("text", 2)}
     assert _cli("analyze", str(out)).stdout == grid.stdout
+
+
+@pytest.mark.slow
+def test_a_stale_cluster_record_is_never_attached_to(tmp_path):
+    """Ray's temp folder names a cluster that is gone: --actors still starts a private instance and finishes."""
+    import tempfile
+    short = Path(tempfile.mkdtemp(prefix="se-", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
+    stale = short / "ray"
+    stale.mkdir(parents=True)
+    (stale / "ray_current_cluster").write_text("127.0.0.1:1")  # nothing listens there
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    done = _cli("grid", "--backend", "simulate", "--k", "1", "--num-prompts", "2", "--actors", "1",
+                "--output-dir", str(tmp_path / "out"), env={**env, "RAY_TMPDIR": str(short), "TMPDIR": str(short)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len((tmp_path / "out" / RECORDS_FILE).read_text().splitlines()) == 36
+
+
+def test_the_reference_ordering_script_is_a_front_to_the_grid(tmp_path):
+    output = tmp_path / "ordering"
+    done = subprocess.run([sys.executable, "scripts/run_ordering_experiments.py", "--control_method", "text",
+                           "--mode", "concatenation", "--token_combinations", "1", "2", "--num_samples", "2",
+                           "--notes", "a note", "--output_dir", str(output), "--backend", "simulate",
+                           "--max-combinations", "3"], capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    rows = list(read_rows(output / RECORDS_FILE))
+    assert len(rows) == (3 + 3 * 2) * 2  # k=1 and k=2 (both orders) subsamples, 2 prompts each
+    assert {r["paraphrase_seed"] for r in rows} == {-1}  # no --sample_random_instruction: first instructions
+    manifest = json.loads((output / "records.manifest.json").read_text())
+    assert "--notes a note" in manifest["command"]
