@@ -239,6 +239,8 @@ class RayWorkers:
             if chunk is not None:
                 pending[worker.run.remote(chunk[1], config, run_id)] = (worker, chunk)
 
+        probes_due: dict = {}  # worker -> when to ask a restarting worker again whether it is back
+
         def probe(worker) -> None:
             if time.monotonic() - down_since[worker] > WORKER_RESTART_TIMEOUT:
                 raise WorkerFailedError(f"a Ray worker has not come back within {WORKER_RESTART_TIMEOUT} s after "
@@ -248,16 +250,24 @@ class RayWorkers:
         # Two chunks in flight per actor keep each engine busy while the driver writes results.
         for worker in self.workers * 2:
             submit(worker)
-        while pending:
-            [done], _ = ray.wait(list(pending), num_returns=1)
-            worker, chunk = pending.pop(done)
+        while pending or probes_due:
+            for worker, due in list(probes_due.items()):
+                if due <= time.monotonic():
+                    del probes_due[worker]
+                    probe(worker)
+            if not pending:  # every worker is restarting
+                time.sleep(0.5)
+                continue
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5 if probes_due else None)
+            if not ready:
+                continue
+            worker, chunk = pending.pop(ready[0])
             try:
-                data = ray.get(done)
+                data = ray.get(ready[0])
             except lost as error:
                 down_since.setdefault(worker, time.monotonic())
-                if chunk is None:  # still restarting: ask again shortly
-                    time.sleep(0.5)
-                    probe(worker)
+                if chunk is None:  # still restarting: ask again in a second, meanwhile serve the others
+                    probes_due[worker] = time.monotonic() + 1
                     continue
                 number, requests = chunk
                 retry.append(chunk)

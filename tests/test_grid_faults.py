@@ -146,3 +146,19 @@ def test_a_model_that_fails_in_the_actors_is_one_clear_line(tmp_path):
         _stop_marked(mark)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "delay must be >= 0" in done.stderr
+
+
+def test_a_chunk_that_keeps_killing_its_worker_ends_the_run_naming_it(tmp_path):
+    from steer_eval.backends.spec import BackendSpec
+    from steer_eval.errors import WorkerFailedError
+    from steer_eval.generation import GenerationConfig
+    from steer_eval.runner import run
+
+    plan = build_grid(bundled_prompts("test")[:6], [1], ["text"], ["composition"], only=[["german"], ["french"]])
+    poison = bundled_prompts("test")[3].id
+    output = tmp_path / "records.jsonl"
+    with pytest.raises(WorkerFailedError, match=r"chunk \d+ \(1 evaluations, first .*lost its worker 3 times"):
+        run(plan, BackendSpec("simulate", "sim", options={"crash_on": poison}), GenerationConfig(), output,
+            actors=2, chunk_size=1, progress=False)
+    written = {Request.from_json(row).prompt_id for row in read_rows(output)}
+    assert poison not in written and len(list(read_rows(output))) >= 6  # every other chunk was written

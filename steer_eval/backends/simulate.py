@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import time
 from typing import Sequence
 
@@ -37,16 +38,20 @@ class SimulatedBackend:
     name = "simulate"
     fingerprint = FINGERPRINT
 
-    def __init__(self, model_spec: str = "simulated", tokens_dir=None, *, delay: float = 0.0, seed: int = 0):
+    def __init__(self, model_spec: str = "simulated", tokens_dir=None, *, delay: float = 0.0, seed: int = 0,
+                 crash_on: str | None = None):
         if delay < 0:
             raise SettingError(f"the simulate backend's delay must be >= 0 seconds, got {delay}")
         self.model_spec = model_spec
         self.delay = float(delay)
         self.seed = seed
+        self.crash_on = crash_on  # a prompt id whose evaluation kills the worker's process (tests fault handling)
 
     def evaluate(self, requests: Sequence[Request], config: GenerationConfig, run_id: str) -> list[Record]:
         if self.delay:
             time.sleep(self.delay * len(requests))
+        if self.crash_on is not None and any(r.prompt_id == self.crash_on for r in requests):
+            os._exit(1)
         generation = config.as_dict()
         records = []
         for request in requests:
