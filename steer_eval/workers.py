@@ -9,7 +9,9 @@ a missing token) is raised as itself, whether it happened in an actor's start-up
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter, defaultdict, deque
 from dataclasses import replace
@@ -132,10 +134,15 @@ def connect(address: str | None) -> None:
     # "local" always starts a private instance; None would attach to any cluster recorded in Ray's temp folder,
     # even a dead one, and hang. RAY_ADDRESS is explicit (`ray job submit` sets it for the job's driver).
     address = address or os.environ.get("RAY_ADDRESS") or None
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(address=address or "local", log_to_driver=False, include_dashboard=False if not address else None)
         if not address:
             _started_here.append(True)
+        if callable(on_sigterm) and threading.current_thread() is threading.main_thread():
+            # Ray's core replaces the SIGTERM handler with one that aborts the driver, orphaning the workers'
+            # engines; the caller's handler (the CLI's: clean shutdown, as on Ctrl-C) is put back.
+            signal.signal(signal.SIGTERM, on_sigterm)
     except Exception as error:  # noqa: BLE001 - Ray raises several types (ConnectionError, AuthenticationError, ...)
         if not address:
             raise
@@ -179,7 +186,11 @@ def start_actors(spec: BackendSpec, actors: int, address: str | None) -> list:
     # A simulated worker mostly waits, so it takes a fraction of a CPU; a model takes a whole one (or its GPUs).
     cpus = 0 if gpus else (0.25 if spec.simulated else 1)
     _check_capacity(actors, cpus, gpus, address)
-    Worker = ray.remote(num_gpus=gpus, num_cpus=cpus, max_restarts=-1)(GridWorker)
+    # Ray gives a CPU actor OMP_NUM_THREADS=1, and vLLM's CPU backend then pins that thread to core 0 in every
+    # actor of a node: two engines would share one core. Let the OS place them instead (unless the user chose).
+    env = {} if gpus or "VLLM_CPU_OMP_THREADS_BIND" in os.environ else {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    Worker = ray.remote(num_gpus=gpus, num_cpus=cpus, max_restarts=-1,
+                        runtime_env={"env_vars": env} if env else None)(GridWorker)
     workers = [Worker.remote(spec, keep_startup_error=True) for _ in range(actors)]
     try:
         fingerprints = set(ray.get([worker.fingerprint.remote() for worker in workers]))

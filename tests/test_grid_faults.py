@@ -162,3 +162,25 @@ def test_a_chunk_that_keeps_killing_its_worker_ends_the_run_naming_it(tmp_path):
             actors=2, chunk_size=1, progress=False)
     written = {Request.from_json(row).prompt_id for row in read_rows(output)}
     assert poison not in written and len(list(read_rows(output))) >= 6  # every other chunk was written
+
+
+def test_sigterm_stops_the_run_cleanly_and_takes_its_workers_along(tmp_path):
+    output, mark = tmp_path / "grid", uuid.uuid4().hex
+    try:
+        process = subprocess.Popen(_command(output, "--delay", "0.1", "--actors", "2"), env=_env(mark),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        while _lines(output / "records.jsonl") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 130, stderr[-2000:]
+        assert "steer-eval: interrupted" in stderr and "Traceback" not in stderr
+        deadline = time.monotonic() + 30
+        while _marked(mark, "ray::GridWorker") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _marked(mark, "ray::GridWorker")
+        _finish(output, mark)  # and the same command completes it, every record once
+        _assert_exactly_once(output / "records.jsonl")
+    finally:
+        _stop_marked(mark)
