@@ -10,6 +10,6 @@ pairs=(german+sentences_1 german+words_10_50 spanish+sentences_1 spanish+words_1
 combos=()
 for c in "${singles[@]}" "${pairs[@]}"; do combos+=(--combination "$c"); done
 .venv/bin/steer-eval grid --backend vllm --model smollm2-135m --k 1 2 "${combos[@]}" \
-  --control-method steering text hybrid --mode composition --num-prompts 50 --actors 2 \
+  --control-method steering text hybrid --mode composition --num-prompts 50 --actors 2 --dtype float32 \
   --output-dir results/grid_2actors
 .venv/bin/steer-eval analyze results/grid_2actors --plot results/grid_2actors/accuracy_by_k.png > results/grid_2actors/table.md
