@@ -11,5 +11,7 @@ combos=()
 for c in "${singles[@]}" "${pairs[@]}"; do combos+=(--combination "$c"); done
 .venv/bin/steer-eval grid --backend vllm --model smollm2-135m --k 1 2 "${combos[@]}" \
   --control-method steering text hybrid --mode composition --num-prompts 50 --actors 2 --dtype float32 \
-  --output-dir results/grid_2actors
-.venv/bin/steer-eval analyze results/grid_2actors --plot results/grid_2actors/accuracy_by_k.png > results/grid_2actors/table.md
+  --output-dir results/grid_2actors "$@"   # e.g. --dry-run
+if [ -f results/grid_2actors/records.jsonl ]; then
+  .venv/bin/steer-eval analyze results/grid_2actors --plot results/grid_2actors/accuracy_by_k.png > results/grid_2actors/table.md
+fi
