@@ -73,7 +73,7 @@ def token_fingerprints(spec: BackendSpec, names: set[str]) -> dict[str, str]:
     """name -> vector fingerprint; every missing token is named at once, before any model is loaded."""
     if spec.simulated or not names:
         return {}
-    store = TokenStore(spec.tokens_dir or default_tokens_dir(model_label(spec.model)))
+    store = _token_store(spec)
     missing = missing_tokens(spec, names)
     if missing:
         available = ", ".join(store.names()) or "none"
@@ -85,10 +85,14 @@ def token_fingerprints(spec: BackendSpec, names: set[str]) -> dict[str, str]:
     return {name: store.load(name).fingerprint for name in sorted(names)}
 
 
+def _token_store(spec: BackendSpec) -> TokenStore:
+    return TokenStore(spec.tokens_dir or default_tokens_dir(model_label(spec.model)))
+
+
 def missing_tokens(spec: BackendSpec, names: set[str]) -> list[str]:
     if spec.simulated:
         return []
-    store = TokenStore(spec.tokens_dir or default_tokens_dir(model_label(spec.model)))
+    store = _token_store(spec)
     return sorted(name for name in names if not store.has(name))
 
 
@@ -117,12 +121,12 @@ def _stored_hashes(path: Path, run_id: str, prompts: dict[str, str]) -> np.ndarr
     return np.unique(np.frombuffer(hashes, dtype=np.int64))
 
 
-def _recorded(planned: np.ndarray, done: np.ndarray) -> int:
-    """How many of the planned (sorted) hashes are among the done (sorted) ones, without large temporaries."""
+def _recorded(done: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """Which of `hashes` are in the sorted array `done` (binary search: no temporaries the size of `done`)."""
     if not len(done):
-        return 0
-    where = np.searchsorted(done, planned).clip(max=len(done) - 1)
-    return int((done[where] == planned).sum())
+        return np.zeros(len(hashes), dtype=bool)
+    where = np.searchsorted(done, hashes).clip(max=len(done) - 1)
+    return done[where] == hashes
 
 
 def _pending(requests: Iterable[Request], done: np.ndarray, chunk_size: int) -> Iterator[Chunk]:
@@ -130,9 +134,7 @@ def _pending(requests: Iterable[Request], done: np.ndarray, chunk_size: int) -> 
     iterator, number, chunk = iter(requests), 0, []
     while block := list(islice(iterator, 4096)):
         hashes = np.fromiter((hash(r.key) for r in block), dtype=np.int64, count=len(block))
-        where = np.searchsorted(done, hashes).clip(max=max(len(done) - 1, 0))
-        recorded = done[where] == hashes if len(done) else np.zeros(len(block), dtype=bool)
-        for request, skip in zip(block, recorded):
+        for request, skip in zip(block, _recorded(done, hashes)):
             if not skip:
                 chunk.append(request)
                 if len(chunk) == chunk_size:
@@ -197,7 +199,7 @@ def run(requests: Iterable[Request], spec: BackendSpec, config: GenerationConfig
             set_aside(path)
         stored = check_identity(path, identity)
         done = _stored_hashes(path, identity.run_id, plan.prompts) if stored else np.empty(0, np.int64)
-        todo = plan.count - _recorded(plan.hashes, done)
+        todo = plan.count - int(_recorded(done, plan.hashes).sum())
         if todo < plan.count and progress:
             print(f"resuming: {plan.count - todo} of {plan.count} evaluations already in {path}", file=sys.stderr)
         per_node = {}
@@ -247,7 +249,7 @@ def dry_run(requests: Iterable[Request], spec: BackendSpec, output: str | Path |
     if path is not None and path.is_file() and read_manifest(path) is not None:
         run_id = read_manifest(path).run_id
         stored = _stored_hashes(path, run_id, plan.prompts)
-        done = _recorded(plan.hashes, stored)
+        done = int(_recorded(stored, plan.hashes).sum())
     estimate = None
     rate = read_throughput(path) if path is not None else None
     if rate and rate.get("seconds"):
