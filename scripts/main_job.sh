@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up .venv (if needed), fetch the default model, and run the main job on it:
 # the shipped steering tokens against the text instruction (german; german <and> words_10_50 in both orders)
-# on held-out test prompts through the vLLM backend, then lm-eval's compose_2 task with steering_vllm.
+# on held-out test prompts through the vLLM backend, then lm-eval's compose_2 and compose_3 tasks with
+# steering_vllm exactly as users type it (defaults: the default model and its shipped tokens).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,6 +14,6 @@ mkdir -p "$out"
   --output-dir "$out/grid"
 .venv/bin/steer-eval analyze "$out/grid" --plot "$out/grid/summary.png" > "$out/grid/summary.md"
 cat "$out/grid/summary.md"
-.venv/bin/lm_eval --model steering_vllm --model_args pretrained=smollm2-135m,control_method=steering \
-  --tasks compose_2 --include_path tasks --limit 8 --output_path "$out/lm_eval" --log_samples
+.venv/bin/lm_eval --model steering_vllm --tasks compose_2,compose_3 --limit 6 \
+  --output_path "$out/lm_eval" --log_samples   # 6: one prompt's complete order set per k=3 subtask
 echo "main job done: records, summary.md/summary.png and lm-eval results under $out/"

@@ -138,7 +138,8 @@ def resolve_model_path(spec: str) -> str:
     if Path(spec).expanduser().is_dir():
         return str(Path(spec).expanduser().resolve())
     if spec.startswith((".", "/", "~")):
-        raise ModelError(f"model folder {spec!r} does not exist")
+        raise ModelError(f"model folder {spec!r} does not exist; pass an existing folder, an embedded model name "
+                         f"({', '.join(EMBEDDED_MODELS)}) or a Hugging Face id")
     return spec
 
 

@@ -94,6 +94,7 @@ class OneVLLMEngine:
         return self.backends[key]
 
     def close(self):
+        """Shut every engine down (a later activate() starts its engine again): frees memory for another."""
         for backend in self.backends.values():
             backend.shutdown()
 

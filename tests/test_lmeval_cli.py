@@ -14,10 +14,11 @@ HOOK_HINT = ("lm-eval did not find the steering models: the registration hook st
              "from this environment's site-packages; reinstall (scripts/setup.sh, or pip install -e .)")
 
 
-def console(script: str, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(SCRIPTS / script), *args], capture_output=True, text=True, timeout=900, cwd=REPO)
+def console(script: str, *args: str, cwd: Path = REPO, ok: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(SCRIPTS / script), *args], capture_output=True, text=True, timeout=900, cwd=cwd)
     assert "no model for this name found" not in result.stderr, HOOK_HINT
-    assert result.returncode == 0, result.stderr[-4000:]
+    if ok:
+        assert result.returncode == 0, result.stderr[-4000:]
     return result
 
 
@@ -29,6 +30,10 @@ def results_of(output: Path) -> tuple[dict, dict[str, list[dict]]]:
         task = path.name.removeprefix("samples_").rsplit("_", 1)[0]
         samples[task] = [json.loads(line) for line in path.read_text().splitlines()]
     return json.loads(results_file.read_text()), samples
+
+
+def tiny_token_dir_of(model_args: str) -> str:
+    return dict(item.split("=", 1) for item in model_args.split(","))["tokens_dir"]
 
 
 def assert_unit_interval(value):
@@ -56,15 +61,86 @@ def test_wheel_ships_the_registration_hook_and_entry_points(tmp_path):
         assert "install_import_hook()" in archive.read("steer_eval_lm_eval.pth").decode()
         [entry_points] = [n for n in archive.namelist() if n.endswith("entry_points.txt")]
         text = archive.read(entry_points).decode()
+        names = set(archive.namelist())
     assert "[lm_eval.models]" in text and "steering_vllm = steer_eval.lmeval.models:SteeringVLLMLM" in text
+    assert "[lm_eval.tasks]" in text and "steer_eval = steer_eval.tasks" in text
+    assert {"steer_eval/tasks/compose_2.yaml", "steer_eval/tasks/_base_template_yaml",
+            "steer_eval/tasks/utils.py", "steer_eval/tasks/steer_german.yaml"} <= names
+
+
+def test_entry_points_resolve_to_the_classes_and_task_folder_newer_lm_eval_reads():
+    from importlib.metadata import entry_points
+
+    from lm_eval.tasks import TaskManager
+
+    from steer_eval.lmeval.models import SteeringHFLM, SteeringVLLMLM
+    models = {ep.name: ep.load() for ep in entry_points(group="lm_eval.models") if ep.value.startswith("steer_eval")}
+    assert models == {"steering_hf": SteeringHFLM, "steering_vllm": SteeringVLLMLM}
+    [tasks] = [ep for ep in entry_points(group="lm_eval.tasks") if ep.name == "steer_eval"]
+    folder = Path(tasks.load().__file__).parent
+    # What a plugin-reading lm-eval does with it: index the folder after its own tasks (the hook adds nothing twice).
+    manager = TaskManager(include_path=str(folder))
+    assert Path(manager.task_index["compose_2"].yaml_path).parent == folder
+    assert {"compose_3_unseen", "steer_json", "steer_behaviors"} <= set(manager.all_tasks)
+
+
+def test_tasks_are_found_without_include_path_and_a_users_copy_wins(tmp_path):
+    import shutil
+
+    from lm_eval.tasks import TaskManager
+
+    from steer_eval.tasks import TASKS_DIR
+    assert Path(TaskManager().task_index["steer_german"].yaml_path).parent == TASKS_DIR
+    copy = tmp_path / "my_tasks"
+    shutil.copytree(TASKS_DIR, copy)
+    manager = TaskManager(include_path=str(copy))
+    assert Path(manager.task_index["steer_german"].yaml_path).parent == copy
+    with pytest.raises(ValueError, match="unknown task 'compose_22'; did you mean compose_2"):
+        manager.match_tasks(["compose_22"])
+    assert manager.match_tasks(["hellaswagg"]) == []  # lm-eval's own names keep lm-eval's own error
+
+
+ERROR_CASES = {
+    "misspelt task": (["--model", "steering_hf", "--tasks", "steer_germn"], "did you mean steer_german"),
+    "unknown model_args key": (["--model", "steering_hf", "--model_args", "batch_sise=2", "--tasks", "steer_german"],
+                               "did you mean batch_size"),
+    "unknown engine argument": (["--model", "steering_vllm", "--model_args", "enforce_eagre=True",
+                                 "--tasks", "steer_german"], "did you mean enforce_eager"),
+    "control_method": (["--model", "steering_hf", "--model_args", "control_method=foo", "--tasks", "steer_german"],
+                       "choose one of steering, text, hybrid"),
+    "mode": (["--model", "steering_vllm", "--model_args", "mode=foo", "--tasks", "steer_german"],
+             "choose one of composition, concatenation, native_and"),
+    "missing folder": (["--model", "steering_hf", "--model_args", "pretrained=./no_such_model", "--tasks", "compose_2"],
+                       "does not exist; pass an existing folder"),
+    "unknown hub id": (["--model", "steering_vllm", "--model_args", "pretrained=no_such_model", "--tasks", "compose_2"],
+                       "pass pretrained=<folder>"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_user_errors_are_one_line_without_traceback(case, tmp_path):
+    args, fix = ERROR_CASES[case]
+    result = console("lm_eval", *args, "--limit", "1", cwd=tmp_path, ok=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("steer-eval: error:")]
+    assert fix in line
+
+
+def test_missing_tokens_are_one_line_naming_them(tiny_model_dir, tmp_path):
+    result = console("lm_eval", "--model", "steering_hf", "--model_args",
+                     f"pretrained={tiny_model_dir},tokens_dir={tmp_path}", "--tasks", "compose_2", "--limit", "1",
+                     cwd=tmp_path, ok=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "steer-eval: error: these requests need steering tokens <and>, german, spanish, words_10_50," in result.stderr
 
 
 def test_console_scripts_run_steering_and_stock_models_on_the_same_tasks(tiny_model_dir, tiny_tokens_dir, tmp_path):
-    common = ["--include_path", "tasks", "--limit", "2", "--gen_kwargs", "max_gen_toks=8", "--log_samples"]
+    common = ["--limit", "2", "--gen_kwargs", "max_gen_toks=8", "--log_samples"]
     steering_args = (f"pretrained={tiny_model_dir},tokens_dir={tiny_tokens_dir},control_method=hybrid,"
                      "mode=composition,batch_size=4")
     console("lm_eval", "--model", "steering_hf", "--model_args", steering_args, "--tasks", "compose_2,steer_german",
-            "--output_path", str(tmp_path / "steering"), *common)
+            "--output_path", str(tmp_path / "steering"), *common, cwd=tmp_path)
     results, samples = results_of(tmp_path / "steering")
     seen = results["results"]["compose_2_seen"]
     for metric in ("accuracy", "acc_language", "best_order_accuracy", "order_variance", "order_variance_max"):
@@ -76,20 +152,31 @@ def test_console_scripts_run_steering_and_stock_models_on_the_same_tasks(tiny_mo
     assert first["doc"]["behaviors"] == second["doc"]["behaviors"][::-1]  # both orders of one combination
     assert [first["doc"]["order_index"], second["doc"]["order_index"]] == [0, 1]
     assert first["control_method"] == "hybrid" and first["mode"] == "composition"
+    from steer_eval.scoring import SCORER_VERSION
+    from steer_eval.tokens import TokenStore
+    assert first["scorer"]["version"] == SCORER_VERSION
+    assert [v["id"] for v in first["scorer"]["verifiers"]] == first["doc"]["behaviors"]
+    store = TokenStore(tiny_token_dir_of(steering_args))
+    assert first["steering_tokens"] == {name: store.load(name).fingerprint
+                                        for name in [*first["doc"]["behaviors"], "<and>"]}
+    assert results["config"]["steer_eval"]["control_method"] == "hybrid"
+    assert seen["scorer,none"] == f"steer_eval.scoring.verify v{SCORER_VERSION}"
     assert isinstance(first["filtered_resps"][0], str)
     assert {first["acc_language"], first["acc_length"]} <= {0.0, 1.0} and first["acc_format"] is None
 
     console("lm-eval", "run", "--model", "steering_hf", "--model_args",
             f"pretrained={tiny_model_dir},control_method=text", "--tasks", "steer_german",
-            "--output_path", str(tmp_path / "text"), *common)
+            "--output_path", str(tmp_path / "text"), *common, cwd=tmp_path)
     results, samples = results_of(tmp_path / "text")
     assert results["results"]["steer_german"]["control_method,none"] == "text"
 
     # The text-instruction baseline: lm-eval's own hf class on the same task files.
     console("lm_eval", "--model", "hf", "--model_args", f"pretrained={tiny_model_dir}", "--device", "cpu",
-            "--apply_chat_template", "--tasks", "compose_2", "--output_path", str(tmp_path / "stock"), *common)
+            "--apply_chat_template", "--tasks", "compose_2", "--output_path", str(tmp_path / "stock"), *common,
+            cwd=tmp_path)
     results, samples = results_of(tmp_path / "stock")
     assert results["results"]["compose_2_unseen"]["mode,none"].startswith("stock model")
+    assert samples["compose_2_unseen"][0]["steering_tokens"] == {}
     assert_unit_interval(results["results"]["compose_2_unseen"]["accuracy,none"])
     prompt = samples["compose_2_unseen"][0]["arguments"]["gen_args_0"]["arg_0"]
     assert samples["compose_2_unseen"][0]["doc"]["text_input"] in prompt and "<|im_start|>user" in prompt
@@ -117,7 +204,7 @@ def test_default_model_steering_hf_on_compose_tasks(default_hf, write_random_tok
     backend = HFBackend("smollm2-135m", tokens_dir=tmp_path, model=default_hf.model, tokenizer=default_hf.tokenizer)
     lm = SteeringHFLM(backend=backend, control_method="steering", mode="composition")
     output = simple_evaluate(model=lm, tasks=["compose_2"], limit=2, gen_kwargs={"max_gen_toks": 32},
-                             task_manager=TaskManager(include_path=str(REPO / "tasks")))
+                             task_manager=TaskManager())
     _check_task_metrics(output, ["compose_2_seen", "compose_2_unseen"])
     assert_unit_interval(output["groups"]["compose_2"]["order_variance,none"])
 
@@ -132,8 +219,27 @@ def test_default_model_steering_vllm_on_compose_tasks(vllm_default):
 
     lm = SteeringVLLMLM(backend=vllm_default, control_method="text")  # the session's one engine
     output = simple_evaluate(model=lm, tasks=["compose_2", "compose_3"], limit=6, gen_kwargs={"max_gen_toks": 64},
-                             task_manager=TaskManager(include_path=str(REPO / "tasks")))
+                             task_manager=TaskManager())
     _check_task_metrics(output, ["compose_2_seen", "compose_2_unseen", "compose_3_seen", "compose_3_unseen"])
     for group in ("compose_2", "compose_3"):
         assert_unit_interval(output["groups"][group]["order_variance,none"])
     assert output["results"]["compose_3_seen"]["control_method,none"] == "text"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("model", ["steering_hf", pytest.param("steering_vllm", marks=pytest.mark.vllm)])
+def test_the_command_users_type_runs_from_any_directory_on_the_defaults(model, vllm_engines, tmp_path):
+    """`lm_eval --model steering_vllm --tasks compose_2,compose_3`: no model_args, no include_path, another cwd."""
+    vllm_engines.close()  # the session's engines give their memory to the one this command starts
+    # --limit 6: every subtask gets complete order sets (k = 3 has 6 orders), so order variance is defined.
+    console("lm_eval", "--model", model, "--tasks", "compose_2,compose_3", "--limit", "6",
+            "--gen_kwargs", "max_gen_toks=32", "--output_path", str(tmp_path / "out"), "--log_samples", cwd=tmp_path)
+    results, samples = results_of(tmp_path / "out")
+    assert results["config"]["steer_eval"]["model"] == "smollm2-135m"
+    assert results["config"]["steer_eval"]["tokens_dir"].endswith("SmolLM2-135M-Instruct/steering_tokens")
+    for group in ("compose_2", "compose_3"):
+        assert_unit_interval(results["groups"][group]["accuracy,none"])
+        assert_unit_interval(results["groups"][group]["order_variance,none"])
+    for task in ("compose_2_seen", "compose_2_unseen", "compose_3_seen", "compose_3_unseen"):
+        assert results["results"][task]["control_method,none"] == "steering"
+        assert all(sample["steering_tokens"] for sample in samples[task])

@@ -7,7 +7,7 @@ from steer_eval.assembly import assemble, embed
 from steer_eval.backends.hf import HFBackend
 from steer_eval.behaviors import AND_TOKEN, BehaviorError
 from steer_eval.generation import GenerationConfig
-from steer_eval.lmeval.models import SteeringHFLM
+from steer_eval.lmeval.models import ModelArgsError, SteeringHFLM
 from steer_eval.lmeval.tasks import compose_documents
 from steer_eval.tokens import TokenStore
 
@@ -121,7 +121,7 @@ def test_model_args_parse_and_win_over_lm_evals_defaults(tiny_model_dir, backend
     assert lm.backend.batch_size == 3 and lm.max_gen_toks == 5 and lm.control_method == "text"
     assert lm.fixed_behaviors == ["spanish", "lowercase"] and lm.fixed_mode == "composition"
     assert str(lm.backend.device) == "cpu"
-    with pytest.raises(TypeError, match="does not take model_args \\['enforce_eager'\\]"):
+    with pytest.raises(ModelArgsError, match="steering_hf does not take model_args enforce_eager; it takes pretrained"):
         SteeringHFLM.create_from_arg_string(f"pretrained={tiny_model_dir},enforce_eager=True")
     with pytest.raises(BehaviorError, match="unknown control_method 'loud'"):
         SteeringHFLM(backend=backend, control_method="loud")

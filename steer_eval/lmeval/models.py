@@ -8,7 +8,9 @@ template, so these classes always render it: a chat that lm-eval had rendered th
 """
 from __future__ import annotations
 
+import difflib
 import logging
+import sys
 from collections import defaultdict
 
 from lm_eval.api.model import LM
@@ -16,14 +18,46 @@ from lm_eval.utils import simple_parse_args_string
 
 from steer_eval.assembly import CONTROL_METHODS, MODES, AssembledPrompt, assemble, parse_steering
 from steer_eval.backends.spec import DEFAULT_HF_BATCH_SIZE, BackendSpec
+from steer_eval import __version__
 from steer_eval.behaviors import AND_TOKEN, BehaviorError, resolve
+from steer_eval.errors import UserError
 from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig
 from steer_eval.lmeval.tasks import SteeredResponse
 from steer_eval.models import DEFAULT_MODEL, ModelError, model_label, resolve_model_path
+from steer_eval.scoring import SCORER_VERSION
 from steer_eval.workers import BackendPool
 from steer_eval.tokens import TokenError, TokenStore, default_tokens_dir
 
 log = logging.getLogger(__name__)
+COMMON_ARGS = ("pretrained", "tokens_dir", "control_method", "mode", "steering", "max_gen_toks", "seed",
+               "data_parallel_size", "max_length")
+
+
+class ModelArgsError(UserError, TypeError):
+    """A --model_args key the class does not take."""
+
+
+def _refuse_unknown(model: str, unknown, known, more_known=()) -> None:
+    if not unknown:
+        return
+    name = sorted(unknown)[0]
+    close = difflib.get_close_matches(name, [*known, *more_known], n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise ModelArgsError(f"{model} does not take model_args {', '.join(sorted(unknown))}; {hint}it takes "
+                         f"{', '.join(known)}")
+
+
+def _check_model_exists(spec: str) -> str:
+    """The model's folder or hub id, refused before any weights load if neither a folder nor reachable."""
+    path = resolve_model_path(spec)
+    from transformers import AutoConfig
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"pretrained={spec!r} is not an embedded model (smollm2-135m), an existing folder with a "
+                         f"config.json, nor a Hugging Face model this machine can load ({str(error).splitlines()[0]}); "
+                         "pass pretrained=<folder> or an id the hub serves") from None
+    return path
 
 
 def _parse_steering(steering: str | None, mode: str | None) -> tuple[list[str], str]:
@@ -51,6 +85,7 @@ class SteeringLM(LM):
         if mode is not None and mode not in MODES:
             raise BehaviorError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self.pretrained = str(backend.model_spec if backend is not None else pretrained)
+        self.model_path = _check_model_exists(self.pretrained) if backend is None else self.pretrained
         self.control_method = control_method
         self.mode = mode or "composition"  # for documents; the fixed list carries its own (see parse_steering)
         self.fixed_behaviors, self.fixed_mode = _parse_steering(steering, mode)
@@ -71,6 +106,23 @@ class SteeringLM(LM):
             tokens_dir or default_tokens_dir(model_label(self.pretrained)))
         self.max_length = int(max_length) if max_length else self._model_context_length()
         self._rendered_chats: dict[str, list[dict]] = {}
+        self._fingerprints: dict[str, str] = {}
+        print(f"steer-eval: {self.describe()}", file=sys.stderr)
+
+    def model_info(self) -> dict:
+        """How this run steers: printed at start and stored in the results JSON's config (get_model_info)."""
+        return {"model": self.pretrained, "model_path": self.model_path, "backend": self.backend_name,
+                "tokens_dir": str(self.token_store.directory), "control_method": self.control_method,
+                "mode": self.mode, "steering": self.fixed_behaviors, "data_parallel_size": self.data_parallel_size,
+                "package_version": __version__, "scorer_version": SCORER_VERSION}
+
+    def describe(self) -> str:
+        info = self.model_info()
+        return (f"model {info['model']} ({info['model_path']}), backend {info['backend']}, steering tokens from "
+                f"{info['tokens_dir']}, control_method {info['control_method']}, mode {info['mode']}")
+
+    def get_model_info(self) -> dict:
+        return {"steer_eval": self.model_info()}
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None):
@@ -128,8 +180,14 @@ class SteeringLM(LM):
         return assemble(user, behaviors, self.tokenizer, control_method=self.control_method, mode=mode,
                         paraphrase_seed=self.seed, instructions=instructions, system_prompt=system)
 
+    def _fingerprint(self, name: str) -> str:
+        if name not in self._fingerprints:
+            self._fingerprints[name] = self.token_store.load(name).fingerprint
+        return self._fingerprints[name]
+
     def _setting(self, prompt: AssembledPrompt) -> dict:
-        return {**prompt.describe(), "backend": self.backend.name, "model": self.pretrained}
+        return {**prompt.describe(), "backend": self.backend.name, "model": self.pretrained,
+                "steering_tokens": {name: self._fingerprint(name) for name in prompt.token_names}}
 
     def generation_config(self, gen_kwargs: dict) -> GenerationConfig:
         """lm-eval's gen_kwargs (until, max_gen_toks, do_sample, temperature, top_p) as a GenerationConfig."""
@@ -238,10 +296,7 @@ class SteeringHFLM(SteeringLM):
 
     def backend_options(self, batch_size=DEFAULT_HF_BATCH_SIZE, device=None, dtype: str = "auto", max_batch_size=None,
                         tensor_parallel_size: int = 1, **unknown) -> dict:
-        if unknown:
-            raise TypeError(f"steering_hf does not take model_args {sorted(unknown)}; it takes pretrained, tokens_dir, "
-                            "control_method, mode, steering, batch_size, max_gen_toks, seed, device, dtype, "
-                            "data_parallel_size, max_length")
+        _refuse_unknown("steering_hf", unknown, [*COMMON_ARGS, "batch_size", "device", "dtype"])
         if int(tensor_parallel_size) != 1:
             raise TypeError("steering_hf runs one model copy per process; use steering_vllm for tensor_parallel_size > 1")
         if device and str(device).startswith("cuda"):
@@ -250,6 +305,16 @@ class SteeringHFLM(SteeringLM):
                 log.warning("device %s is not available; using cpu", device)
                 device = "cpu"
         return {"device": device, "dtype": dtype, "batch_size": _batch_size(batch_size)}
+
+
+def _engine_arg_names() -> set[str] | None:
+    """The keyword arguments vLLM's engine takes; None where vLLM is not installed (building it says so)."""
+    try:
+        from vllm.engine.arg_utils import EngineArgs
+    except ImportError:
+        return None
+    import dataclasses
+    return {field.name for field in dataclasses.fields(EngineArgs)}
 
 
 class SteeringVLLMLM(SteeringLM):
@@ -269,6 +334,11 @@ class SteeringVLLMLM(SteeringLM):
                         max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
                         **engine_kwargs) -> dict:
         # vLLM schedules its own batches; lm-eval's batch_size and device do not apply.
+        engine_args = _engine_arg_names()
+        if engine_args is not None:
+            _refuse_unknown("steering_vllm", set(engine_kwargs) - engine_args,
+                            [*COMMON_ARGS, "tensor_parallel_size", "max_model_len", "gpu_memory_utilization",
+                             "<any vLLM engine argument>"], sorted(engine_args))
         options = {"seed": self.seed, "tensor_parallel_size": int(tensor_parallel_size), **engine_kwargs}
         if max_model_len is not None:
             options["max_model_len"] = int(max_model_len)

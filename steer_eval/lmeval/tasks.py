@@ -1,4 +1,4 @@
-"""Documents and metrics behind the lm-eval tasks in `tasks/` (the YAML files call these through tasks/utils.py).
+"""Documents and metrics behind the lm-eval tasks in `steer_eval/tasks/` (the YAML files call these through its utils.py).
 
 A document is one held-out test prompt with an ordered list of behaviours, the instruction paraphrases a
 text-instruction model reads, and where it sits in its combination (combination id, order index, seen/unseen).
@@ -11,6 +11,7 @@ order sets wherever N allows.
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import random
@@ -30,7 +31,7 @@ from steer_eval.behaviors import (
     is_seen_combination,
 )
 from steer_eval.prompts import Prompt, bundled_prompts
-from steer_eval.scoring import verify
+from steer_eval.scoring import scorer_spec, verify
 
 PARAPHRASE_SEED = 0
 SPLITS = ("seen", "unseen")
@@ -130,7 +131,8 @@ def score(doc: Mapping, response: str, *, per_category: bool = False, orders: bo
     verdict = verify(doc["behaviors"], response)
     setting = getattr(response, "setting", STOCK_SETTING)
     values = {"accuracy": float(verdict.followed),
-              "control_method": setting["control_method"], "mode": setting["mode"]}
+              "control_method": setting["control_method"], "mode": setting["mode"],
+              "scorer": scorer_spec(doc["behaviors"]), "steering_tokens": setting.get("steering_tokens", {})}
     if per_category:
         by_category = {get_behavior(b).category: ok for b, ok in verdict.per_behavior.items()}
         values.update({f"acc_{c}": float(by_category[c]) if c in by_category else None for c in CATEGORIES})
@@ -164,6 +166,26 @@ def best_order_accuracy(outcomes: Iterable[Mapping]) -> float:
     """Accuracy of each combination's best order, averaged over combinations (complete order sets only)."""
     value = summarize(list(outcomes))["all"].get("best_order_accuracy")
     return math.nan if value is None else value
+
+
+def scorer_version(specs: Iterable[Mapping]) -> str:
+    """The scorer every sample was judged by (each sample's own spec is in --log_samples)."""
+    return single_setting(f"{spec['scorer']} v{spec['version']}" for spec in specs)
+
+
+def token_identity(token_sets: Iterable[Mapping[str, str]]) -> str:
+    """Which steering vectors produced the run: their count and one digest of all name=fingerprint pairs."""
+    fingerprints: dict[str, set[str]] = {}
+    for tokens in token_sets:
+        for name, fingerprint in tokens.items():
+            fingerprints.setdefault(name, set()).add(fingerprint)
+    if not fingerprints:
+        return "none"
+    changed = sorted(name for name, values in fingerprints.items() if len(values) > 1)
+    if changed:
+        return "mixed: two vectors for " + ", ".join(changed)
+    pairs = ",".join(f"{name}={values.pop()}" for name, values in sorted(fingerprints.items()))
+    return f"{len(fingerprints)} tokens, digest {hashlib.sha256(pairs.encode()).hexdigest()[:12]}"
 
 
 def single_setting(values: Iterable[str]) -> str:

@@ -2,7 +2,8 @@
 import datasets
 
 from steer_eval.lmeval.tasks import (best_order_accuracy, documents, mean_where_applicable,  # noqa: F401
-                                     order_variance, order_variance_max, score, single_setting)
+                                     order_variance, order_variance_max, score, scorer_version, single_setting,
+                                     token_identity)
 
 
 def load_docs(steer_task: str, **_metadata) -> dict:
