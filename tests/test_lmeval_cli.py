@@ -106,6 +106,8 @@ ERROR_CASES = {
                                "did you mean batch_size"),
     "unknown engine argument": (["--model", "steering_vllm", "--model_args", "enforce_eagre=True",
                                  "--tasks", "steer_german"], "did you mean enforce_eager"),
+    "non-integer number": (["--model", "steering_hf", "--model_args", "max_gen_toks=abc", "--tasks", "steer_german"],
+                           "max_gen_toks=abc is not an integer"),
     "control_method": (["--model", "steering_hf", "--model_args", "control_method=foo", "--tasks", "steer_german"],
                        "choose one of steering, text, hybrid"),
     "mode": (["--model", "steering_vllm", "--model_args", "mode=foo", "--tasks", "steer_german"],

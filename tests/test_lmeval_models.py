@@ -1,4 +1,6 @@
 """The lm-eval model classes on the tiny random Llama: requests -> assemble -> backend, checked against direct calls."""
+import re
+
 import pytest
 import torch
 from lm_eval.api.instance import Instance
@@ -123,6 +125,11 @@ def test_model_args_parse_and_win_over_lm_evals_defaults(tiny_model_dir, backend
     assert str(lm.backend.device) == "cpu"
     with pytest.raises(ModelArgsError, match="steering_hf does not take model_args enforce_eager; it takes pretrained"):
         SteeringHFLM.create_from_arg_string(f"pretrained={tiny_model_dir},enforce_eager=True")
+    for bad, message in [("data_parallel_size=0", "data_parallel_size=0 is out of range; it must be >= 1"),
+                         ("seed=1.5", "seed=1.5 is not an integer"), ("batch_size=0", "batch_size=0 is out of range"),
+                         ("max_length=abc", "max_length=abc is not an integer")]:
+        with pytest.raises(ModelArgsError, match=re.escape(message)):
+            SteeringHFLM.create_from_arg_string(f"pretrained={tiny_model_dir},{bad}")
     with pytest.raises(BehaviorError, match="unknown control_method 'loud'"):
         SteeringHFLM(backend=backend, control_method="loud")
 

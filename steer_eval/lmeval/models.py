@@ -47,6 +47,21 @@ def _refuse_unknown(model: str, unknown, known, more_known=()) -> None:
                          f"{', '.join(known)}")
 
 
+def _number(name: str, value, minimum: float | None = 1, kind=int, maximum: float | None = None):
+    """A numeric model_arg (lm-eval passes them as strings or numbers), refused in one line when out of range."""
+    try:
+        number = kind(value)
+        if kind is int and number != float(value):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ModelArgsError(f"model_args {name}={value} is not {'an integer' if kind is int else 'a number'}; "
+                             f"write e.g. {name}={minimum if minimum is not None else 0}") from None
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ModelArgsError(f"model_args {name}={value} is out of range; it must be {bounds}")
+    return number
+
+
 def _check_model_exists(spec: str) -> str:
     """The model's folder or hub id, refused before any weights load if neither a folder nor reachable."""
     path = resolve_model_path(spec)
@@ -90,9 +105,9 @@ class SteeringLM(LM):
         self.mode = mode or "composition"  # for documents; the fixed list carries its own (see parse_steering)
         self.fixed_behaviors, self.fixed_mode = _parse_steering(steering, mode)
         resolve(self.fixed_behaviors)  # unknown ids and conflicts fail here, not after the model has loaded
-        self.max_gen_toks = int(max_gen_toks)
-        self.seed = int(seed)
-        self.data_parallel_size = int(data_parallel_size)
+        self.max_gen_toks = _number("max_gen_toks", max_gen_toks)
+        self.seed = _number("seed", seed, minimum=None)
+        self.data_parallel_size = _number("data_parallel_size", data_parallel_size)
         spec = BackendSpec(self.backend_name, self.pretrained, None if tokens_dir is None else str(tokens_dir),
                            self.backend_options(**backend_kwargs))
         if backend is not None:
@@ -104,7 +119,7 @@ class SteeringLM(LM):
         self.tokenizer = self.backend.tokenizer
         self.token_store = getattr(self.backend, "store", None) or TokenStore(
             tokens_dir or default_tokens_dir(model_label(self.pretrained)))
-        self.max_length = int(max_length) if max_length else self._model_context_length()
+        self.max_length = _number("max_length", max_length) if max_length else self._model_context_length()
         self._rendered_chats: dict[str, list[dict]] = {}
         self._fingerprints: dict[str, str] = {}
         print(f"steer-eval: {self.describe()}", file=sys.stderr)
@@ -286,7 +301,7 @@ class SteeringLM(LM):
 
 def _batch_size(value) -> int:
     """lm-eval's --batch_size may be 'auto' or 'auto:N'; the HF backend takes a fixed size."""
-    return int(value) if str(value).isdigit() else DEFAULT_HF_BATCH_SIZE
+    return DEFAULT_HF_BATCH_SIZE if str(value).startswith("auto") else _number("batch_size", value)
 
 
 class SteeringHFLM(SteeringLM):
@@ -297,7 +312,7 @@ class SteeringHFLM(SteeringLM):
     def backend_options(self, batch_size=DEFAULT_HF_BATCH_SIZE, device=None, dtype: str = "auto", max_batch_size=None,
                         tensor_parallel_size: int = 1, **unknown) -> dict:
         _refuse_unknown("steering_hf", unknown, [*COMMON_ARGS, "batch_size", "device", "dtype"])
-        if int(tensor_parallel_size) != 1:
+        if _number("tensor_parallel_size", tensor_parallel_size) != 1:
             raise TypeError("steering_hf runs one model copy per process; use steering_vllm for tensor_parallel_size > 1")
         if device and str(device).startswith("cuda"):
             import torch
@@ -339,11 +354,13 @@ class SteeringVLLMLM(SteeringLM):
             _refuse_unknown("steering_vllm", set(engine_kwargs) - engine_args,
                             [*COMMON_ARGS, "tensor_parallel_size", "max_model_len", "gpu_memory_utilization",
                              "<any vLLM engine argument>"], sorted(engine_args))
-        options = {"seed": self.seed, "tensor_parallel_size": int(tensor_parallel_size), **engine_kwargs}
+        options = {"seed": self.seed, "tensor_parallel_size": _number("tensor_parallel_size", tensor_parallel_size),
+                   **engine_kwargs}
         if max_model_len is not None:
-            options["max_model_len"] = int(max_model_len)
+            options["max_model_len"] = _number("max_model_len", max_model_len)
         if gpu_memory_utilization is not None:
-            options["gpu_memory_utilization"] = float(gpu_memory_utilization)
+            options["gpu_memory_utilization"] = _number("gpu_memory_utilization", gpu_memory_utilization,
+                                                        minimum=0.01, kind=float, maximum=1.0)
         return options
 
     def _model_context_length(self) -> int | None:
