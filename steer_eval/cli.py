@@ -8,6 +8,7 @@ import argparse
 import json
 import signal
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from steer_eval.backends.spec import BACKENDS, DEFAULT_CHUNK_SIZE, DEFAULT_HF_BATCH_SIZE
@@ -64,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="judge a text against behaviours")
     verify.add_argument("--behavior", action="append", required=True, metavar="B")
-    verify.add_argument("--text", required=True)
+    text = verify.add_mutually_exclusive_group(required=True)
+    text.add_argument("--text", help="the response text")
+    text.add_argument("--file", metavar="PATH", help="read the response from a UTF-8 file ('-': standard input)")
 
     models = commands.add_parser("models", help="embedded models")
     models_commands = models.add_subparsers(dest="models_command", required=True)
@@ -126,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("records", help="a records JSONL file, a folder of them (grid output) or a .tar.gz")
     analyze.add_argument("--plot", default=None, help="write a PNG with accuracy and order variance by k")
     analyze.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    analyze.add_argument("--rejudge", action="store_true",
+                         help="judge every response again with this version's verifiers before summarising")
     return parser
 
 
@@ -157,7 +162,8 @@ def run(args) -> int:
         return 0
     if args.command == "verify":
         from steer_eval.scoring import verify
-        print(json.dumps(verify(args.behavior, args.text).as_dict()))
+        text = args.text if args.file is None else _read_text(args.file)
+        print(json.dumps(verify(args.behavior, text).as_dict()))
         return 0
     if args.command == "models":
         from steer_eval.models import fetch
@@ -259,11 +265,51 @@ def _plan_text(plan, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _read_text(path: str) -> str:
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+        return data.decode("utf-8")
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}; give a readable text file or '-' for stdin") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte {error.start}); convert it, e.g. with iconv") from None
+
+
+class _JudgeCount:
+    """Counts what --rejudge changed, and records judged by an older scorer when it is not asked for."""
+
+    def __init__(self):
+        self.records = self.changed = self.stale = 0
+
+    def rejudged(self, records):
+        from steer_eval.records import rejudge
+        for record in records:
+            fresh = rejudge(record)
+            self.records += 1
+            self.changed += fresh.per_behavior != record.per_behavior
+            yield fresh
+
+    def counted(self, records):
+        from steer_eval.records import judged_by_current_scorer
+        for record in records:
+            self.stale += record.scorer.get("scorer") == "steer_eval.scoring.verify" and not judged_by_current_scorer(record)
+            yield record
+
+
 def _analyze(args) -> int:
     from steer_eval.records import iter_records
     from steer_eval.report import group_summaries, markdown_table, plot
+    from steer_eval.scoring import SCORER_VERSION
 
-    summaries = group_summaries(iter_records(args.records))
+    count = _JudgeCount()
+    records = iter_records(args.records)
+    summaries = group_summaries(count.rejudged(records) if args.rejudge else count.counted(records))
+    if args.rejudge:
+        print(f"steer-eval: re-judged {count.records} records with scorer version {SCORER_VERSION}; "
+              f"{count.changed} got a different verdict", file=sys.stderr)
+    elif count.stale:
+        print(f"steer-eval: warning: {count.stale} records were judged by an older scorer than this version's "
+              f"({SCORER_VERSION}); add --rejudge to judge them by today's rules", file=sys.stderr)
     if not summaries:
         raise UserError(f"no records in {args.records} (give a JSONL file, a folder of them or a .tar.gz)")
     if args.json:

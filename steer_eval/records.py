@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -20,7 +20,7 @@ import jsonlines
 import orjson
 
 from steer_eval.errors import RecordFileError
-from steer_eval.scoring import scorer_spec, verify
+from steer_eval.scoring import SCORER_VERSION, scorer_spec, verify
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,19 @@ class Record:
                    scorer or scorer_spec(request.behaviors), dict(row.get("generation") or {}),
                    tuple(row.get("steering") or ()), row.get("instruction"), row.get("backend", ""),
                    row.get("model", ""), row.get("run", ""), {k: v for k, v in row.items() if k not in _RECORD_FIELDS})
+
+
+def judged_by_current_scorer(record: Record) -> bool:
+    return record.scorer.get("scorer") == "steer_eval.scoring.verify" and record.scorer.get("version") == SCORER_VERSION
+
+
+def rejudge(record: Record) -> Record:
+    """The record judged again by this checkout's verifiers (its response and behaviours are all they need)."""
+    if record.scorer.get("scorer") not in (None, "steer_eval.scoring.verify"):
+        raise RecordFileError(f"record {record.key} was judged by {record.scorer.get('scorer')} (simulated "
+                              "responses), which has nothing to re-judge; re-judge records of a real model")
+    return replace(record, per_behavior=verify(record.behaviors, record.response).per_behavior,
+                   scorer=scorer_spec(record.behaviors))
 
 
 _RECORD_FIELDS = frozenset({"id", "prompt_id", "prompt", "behaviors", "control_method", "mode", "sample",

@@ -50,7 +50,8 @@ class RunIdentity:
             if old != new:
                 differences.append(f"generation {name}: {old!r} in the folder, {new!r} now")
         if stored.scorer != self.scorer:
-            differences.append(f"scorer: {stored.scorer} in the folder, {self.scorer} now (the verifiers changed)")
+            differences.append(f"scorer: {stored.scorer} in the folder, {self.scorer} now (the verifiers changed; "
+                               "`steer-eval analyze --rejudge` reads the stored records by today's rules)")
         for name in sorted(set(stored.tokens) & set(self.tokens)):
             if stored.tokens[name] != self.tokens[name]:
                 differences.append(f"steering token {name}: vector {stored.tokens[name]} in the folder, "

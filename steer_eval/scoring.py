@@ -9,7 +9,8 @@ from steer_eval.behaviors import Behavior, resolve
 from steer_eval.verifiers import run_verifier
 
 # Bump when a verifier's rule changes: a run's verdicts are only comparable under one version.
-SCORER_VERSION = 1
+# 2: language-aware, linear-time sentences; `regex` word characters; strict JSON; <language ID change>.
+SCORER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,17 @@ class Verdict:
 
 
 def verify(behaviors: Sequence[str | Behavior], text: str) -> Verdict:
+    """Each behaviour's verifier on `text`; sentences are split by the rules of the language the composition
+    asks for (German abbreviations in `german + sentences_3`), English rules when it asks for none."""
     resolved = resolve([b.id if isinstance(b, Behavior) else b for b in behaviors])
-    return Verdict({b.id: run_verifier(b.verifier, text, b.params) for b in resolved})
+    language = next((b.params["lang"] for b in resolved if b.verifier == "is_language"), None)
+    return Verdict({b.id: run_verifier(b.verifier, text, _with_language(b, language)) for b in resolved})
+
+
+def _with_language(behavior: Behavior, language: str | None) -> dict:
+    if behavior.verifier == "has_sentences" and language:
+        return {**behavior.params, "lang": language}
+    return behavior.params
 
 
 def scorer_spec(behaviors: Sequence[str]) -> dict:

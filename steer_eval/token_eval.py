@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from itertools import permutations
 from pathlib import Path
 from typing import Sequence
@@ -18,8 +17,8 @@ from steer_eval.analysis import by_combination
 from steer_eval.analysis import summarize as aggregate
 from steer_eval.behaviors import BEHAVIORS, get_behavior, resolve
 from steer_eval.prompts import Prompt
-from steer_eval.records import Record, Request, iter_records
-from steer_eval.scoring import scorer_spec, verify
+from steer_eval.records import Record, Request, iter_records, rejudge
+from steer_eval.scoring import scorer_spec
 
 SINGLE_METHODS = ("text", "steering", "hybrid")
 PAIR_CONDITIONS = (("text", "concatenation"), ("steering", "composition"), ("steering", "concatenation"),
@@ -45,11 +44,6 @@ def plan(prompts: Sequence[Prompt], singles: Sequence[str], pairs: Sequence[Sequ
 
 def accuracy(records: Sequence[Record]) -> float:
     return sum(r.followed for r in records) / len(records) if records else float("nan")
-
-
-def rejudge(record: Record) -> Record:
-    verdict = verify(record.behaviors, record.response)
-    return replace(record, per_behavior=verdict.per_behavior, scorer=scorer_spec(record.behaviors))
 
 
 def summarize(folders: Sequence[str | Path], out: str | Path, split: str = "test") -> dict:

@@ -7,44 +7,27 @@ The rules are written out in each docstring because scores depend on them.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from langdetect import DetectorFactory, detect
 from langdetect.lang_detect_exception import LangDetectException
 
+from steer_eval.sentences import WORD, count_sentences, split_sentences
+
 # langdetect samples n-grams at random; without a fixed seed the same text can get
 # different labels on different calls.
 DetectorFactory.seed = 0
 
-_WORD = re.compile(r"\w+")
-
-# A run of sentence-ending marks, optionally followed by closing quotes/brackets,
-# that ends a sentence only if whitespace or the end of the line follows it.
-_SENTENCE_END = re.compile(r"[.!?]+[\"'”’»)\]*_]*(?=\s|$)")
-_LIST_OR_HEADING_MARKER = re.compile(r"^\s*(?:#{1,6}|>|[-*+•]|\d{1,3}[.)])(?:\s+|$)")
-_ABBREVIATIONS_ANY_CASE = frozenset(
-    {
-        "dr.", "mr.", "mrs.", "ms.", "prof.", "sr.", "jr.", "vs.", "etc.", "e.g.",
-        "i.e.", "a.m.", "p.m.", "u.s.", "approx.", "cf.", "al.",
-    }
-)
-# Only capitalised: "no." and "fig." are ordinary words ending a sentence
-# ("I said no. Then ...", "I ate a fig. It ...").
-_ABBREVIATIONS_CAPITALISED = frozenset({"No.", "Fig.", "St.", "Inc.", "Ltd."})
-
-_CODE_FENCE = re.compile(r"\A```[A-Za-z]*[ \t]*\n?(.*?)\n?[ \t]*```\Z", re.DOTALL)
-
-
 def count_words(text: str) -> int:
-    """Number of ``\\w+`` runs in ``text``.
+    """Number of ``\\w+`` runs in ``text`` on the ``regex`` engine.
 
-    Same rule as lm-eval's IFEval ``count_words`` (nltk ``RegexpTokenizer(r"\\w+")``):
-    "don't" is 2 words, "well-known" is 2, "3.5" is 2, letters with accents and
-    digits are word characters, punctuation and emoji are not.
+    Same rule as lm-eval's IFEval ``count_words`` (nltk ``RegexpTokenizer(r"\\w+")``, which runs on ``regex``):
+    "don't" is 2 words, "well-known" is 2, "3.5" is 2; letters, digits and combining marks are word
+    characters, so "cafe\\u0301" (a decomposed "café") and Devanagari "हिन्दी" are one word each;
+    punctuation and emoji are not.
     """
-    return len(_WORD.findall(text))
+    return sum(1 for _ in WORD.finditer(text))
 
 
 def words_in_range(text: str, low: int, high: int) -> bool:
@@ -119,58 +102,35 @@ def is_title_case(text: str) -> bool:
     return saw_uppercase_start
 
 
-def _is_abbreviation(line: str, end: re.Match[str]) -> bool:
-    if end.group() != ".":
-        return False
-    before = line[: end.start()]
-    if not before or before[-1].isspace():
-        return False
-    token = before.rsplit(maxsplit=1)[-1].lstrip("\"'“‘«([*_") + "."
-    return token.lower() in _ABBREVIATIONS_ANY_CASE or token in _ABBREVIATIONS_CAPITALISED
+def has_sentences(text: str, n: int, lang: str | None = None) -> bool:
+    """True when ``text`` has exactly ``n`` sentences by :func:`steer_eval.sentences.split_sentences`.
 
-
-def _split_line(line: str) -> list[str]:
-    pieces, start = [], 0
-    for end in _SENTENCE_END.finditer(line):
-        if _is_abbreviation(line, end):
-            continue
-        pieces.append(line[start : end.end()])
-        start = end.end()
-    pieces.append(line[start:])
-    return [piece.strip() for piece in pieces if _WORD.search(piece)]
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split ``text`` into sentences with a rule-based splitter (no nltk download).
-
-    Rules:
-    - A run of ``.``, ``!``, ``?`` ("...", "?!"), optionally followed by closing
-      quotes or brackets, ends a sentence when whitespace or the end of the text
-      follows it. "3.5" and "example.com" do not split (no whitespace after the dot).
-    - Every non-empty line is its own segment, so a list item or heading without
-      end punctuation is one sentence: "- apples\\n- pears" is 2.
-    - A list/heading/quote marker at line start ("-", "*", "+", "•", "1.", "2)",
-      "#", ">") is dropped first, so "1. First item" is one sentence.
-    - A single "." after a known abbreviation does not split: Dr. Mr. Mrs. Ms.
-      Prof. Sr. Jr. vs. etc. e.g. i.e. a.m. p.m. U.S. approx. cf. al. (any case)
-      and No. Fig. St. Inc. Ltd. (capitalised only).
-    - A segment without any word character (a "---" rule, a lone "```" fence, an
-      emoji line) is not a sentence.
+    ``lang`` is the response's language when the composition asks for one (``scoring.verify`` passes it), so
+    "z.B." or "Sr." do not end a German or Spanish sentence; English rules otherwise.
     """
-    sentences: list[str] = []
-    for line in text.splitlines():
-        sentences.extend(_split_line(_LIST_OR_HEADING_MARKER.sub("", line, count=1)))
-    return sentences
+    return count_sentences(text, lang) == n
 
 
-def count_sentences(text: str) -> int:
-    """Number of sentences by the rules of :func:`split_sentences`; 0 for empty text."""
-    return len(split_sentences(text))
+def _without_code_fence(text: str) -> str:
+    """The inside of one markdown fence around the whole text (```` ``` ````, ```` ```json ````), else the text.
+
+    Plain string operations: a regex here backtracked quadratically on long runs of spaces or backticks."""
+    if len(text) < 6 or not (text.startswith("```") and text.endswith("```")):
+        return text
+    inner = text[3:-3]
+    info_end = len(inner) - len(inner.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
+    return inner[info_end:].strip()
 
 
-def has_sentences(text: str, n: int) -> bool:
-    """True when ``text`` has exactly ``n`` sentences (see :func:`split_sentences`)."""
-    return count_sentences(text) == n
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate key")
+    return dict(pairs)
 
 
 def is_json_answer(text: str) -> bool:
@@ -178,14 +138,12 @@ def is_json_answer(text: str) -> bool:
 
     The text is stripped and one surrounding markdown code fence (```` ``` ```` or
     ```` ```json ````) is removed if present; nothing else may surround the JSON.
-    The value of "answer" may be any JSON value.
+    The value of "answer" may be any JSON value. Strict RFC 8259: ``NaN``/``Infinity``
+    (which Python's json accepts) and an object with a repeated key are not JSON.
     """
-    candidate = text.strip()
-    fenced = _CODE_FENCE.match(candidate)
-    if fenced:
-        candidate = fenced.group(1).strip()
+    candidate = _without_code_fence(text.strip())
     try:
-        parsed = json.loads(candidate)
+        parsed = json.loads(candidate, parse_constant=_refuse_constant, object_pairs_hook=_refuse_duplicate_keys)
     except (ValueError, RecursionError):
         return False
     return isinstance(parsed, dict) and list(parsed) == ["answer"]

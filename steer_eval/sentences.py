@@ -1,0 +1,164 @@
+"""Sentence splitting for the `sentences_N` behaviours: rule-based, language-aware, linear in the text's length.
+
+The text is cut into lines, each line into whitespace-separated tokens, and every token is asked once whether it
+ends a sentence, looking only at itself and the first letter of the next token. No regular expression can
+backtrack over a long run of dots, spaces or backticks, so any input takes time proportional to its length.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import regex
+
+# Characters IFEval's word tokenizer (`\w+` on the `regex` engine) counts as word characters, combining marks too.
+WORD = regex.compile(r"\w+")
+
+# Marks that end a sentence only when whitespace or the end of the line follows them.
+_END_MARKS = ".!?…‼⁇⁈⁉؟।॥"
+# Full-width marks end a sentence wherever they stand: CJK text has no spaces between sentences.
+_FULL_WIDTH_END = regex.compile(r"[。！？｡]++[」』）)\"'”’]*+")
+_CLOSERS = "\"'”’»)]}*_」』"
+_MAY_END = frozenset(_END_MARKS + _CLOSERS)
+_OPENERS = "\"'“‘«([{*_¿¡"
+_QUOTES = "\"'”’»」』"
+_LIST_OR_HEADING_MARKER = regex.compile(r"[ \t]*+(?:#{1,6}+|>|[-*+•]|\d{1,3}+[.)])(?:\s++|$)")
+_FENCE_LINE = regex.compile(r"[ \t]*+(?:`{3,}+|~{3,}+)[\w+#.-]*+[ \t]*+")
+
+# Abbreviations that stand before a name or a number: the sentence goes on after them ("Dr. Smith", "Nr. 5").
+_NEVER_FINAL = {
+    "en": {"dr", "mr", "mrs", "ms", "prof", "sr", "jr", "vs", "e.g", "i.e", "cf", "al", "approx", "pp", "viz",
+           "capt", "lt", "sgt", "dept"},
+    "de": {"dr", "prof", "hr", "hrn", "fr", "frl", "z.b", "d.h", "u.a", "bzw", "vgl", "ca", "ggf", "evtl", "bspw",
+           "sog", "inkl", "zzgl", "exkl", "nr", "s", "abs", "kap", "bd", "str", "tel", "geb", "gest", "ehem",
+           "z.t", "u.u", "o.ä", "i.d.r", "m.e", "allg", "insb", "jh", "jhd", "v.a", "zb", "dh", "st"},
+    "fr": {"m", "mm", "mme", "mmes", "mlle", "mlles", "dr", "pr", "me", "st", "ste", "cf", "p.ex", "ex", "env",
+           "n°", "no", "p", "pp", "vol", "chap", "av", "bd", "tél", "c.-à-d", "c.à.d"},
+    "es": {"sr", "sra", "srta", "sres", "dr", "dra", "d", "dña", "lic", "ing", "prof", "ud", "uds", "vd", "vds",
+           "p.ej", "ej", "aprox", "pág", "págs", "núm", "n.º", "nº", "art", "cap", "vol", "av", "avda", "c", "tel",
+           "admón", "dpto", "gral", "sto", "sta"},
+    "it": {"sig", "sig.ra", "sig.na", "sigg", "dott", "dott.ssa", "dr", "prof", "prof.ssa", "ing", "avv", "arch",
+           "geom", "rag", "on", "p.es", "es", "pag", "pagg", "n", "nr", "art", "cap", "vol", "tel", "ca", "s", "v",
+           "cfr", "ss"},
+    "pt": {"sr", "sra", "srs", "sras", "srta", "dr", "dra", "prof", "profa", "eng", "d", "p.ex", "ex", "pág",
+           "págs", "n.º", "nº", "núm", "art", "cap", "vol", "av", "tel", "aprox", "r", "v.exa", "exmo", "exma"},
+}
+# English words that are abbreviations only when capitalised: "I said no. Then ..." ends a sentence.
+_NEVER_FINAL_CAPITALISED_EN = {"No", "Nos", "Fig", "St", "Gen", "Col", "Rev", "Hon", "Gov", "Sen", "Rep", "Mt", "Ft",
+                               "Vol", "Ch", "Eq"}
+# Abbreviations that also close sentences ("... apples, pears, etc. Then we ..."): final before a capital letter.
+_FINAL_BEFORE_CAPITAL = {
+    "en": {"etc", "a.m", "p.m", "u.s", "u.k", "u.n", "e.u", "inc", "ltd", "co", "corp", "jan", "feb", "mar",
+           "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"},
+    "de": {"usw", "u.s.w", "etc", "usf", "ff", "u.ä", "o.a"},
+    "fr": {"etc", "cie"},
+    "es": {"etc", "cía", "s.a"},
+    "it": {"ecc", "etc", "s.p.a", "s.r.l"},
+    "pt": {"etc", "cia", "ltda", "s.a"},
+}
+_GERMAN_MONTHS = {"januar", "jänner", "februar", "märz", "april", "mai", "juni", "juli", "august", "september",
+                  "oktober", "november", "dezember"}
+
+
+def _starts_with_capital(token: str) -> bool:
+    first = next((char for char in token if char.isalnum()), "")
+    return first.isupper() or first.istitle()
+
+
+@lru_cache(maxsize=1 << 14)  # degenerate generations repeat the same few tokens thousands of times
+def _ends_sentence(token: str, following: str, lang: str, case_tells: bool) -> bool:
+    """Whether `token` (not the line's last) closes a sentence, given the token after it.
+
+    `case_tells` is False in text without lowercase letters: there a capital after a mark says nothing."""
+    core = token.rstrip(_CLOSERS)
+    marks = len(core) - len(core.rstrip(_END_MARKS))
+    if not marks:
+        return False
+    run, word = core[-marks:], core[:-marks].lstrip(_OPENERS)
+    capital_next = case_tells and _starts_with_capital(following)
+    if "?" in run or "!" in run or "؟" in run:
+        # `He asked, "Why?" and left.`: a quoted question inside a sentence.
+        closed_by_quote = any(char in _QUOTES for char in token[len(core):])
+        return not (closed_by_quote and not _starts_with_capital(following))
+    if run != ".":  # "...", "…": a pause unless a capital follows
+        return capital_next
+    if not word:
+        return True
+    key, rules = word.lower(), lang if lang in _NEVER_FINAL else "en"
+    if key in _NEVER_FINAL[rules] or rules == "en" and word in _NEVER_FINAL_CAPITALISED_EN:
+        return False
+    if key in _FINAL_BEFORE_CAPITAL[rules]:
+        return capital_next
+    if len(word) == 1 and word.isalpha() and word != "i":
+        return False  # initials and one-letter abbreviations: "J. K. Rowling", "z. B.", "p. ej."
+    if word.isdigit() and len(word) <= 2 and following.rstrip(".,").lower() in _GERMAN_MONTHS:
+        return False  # "am 3. Oktober"
+    if lang == "de" and word.isdigit() and len(word) <= 3:
+        return False  # German ordinals: "im 19. Jahrhundert", "der 2. Platz"
+    if "." in word and word.replace(".", "").isalpha() and len(word) <= 8:
+        return capital_next  # other dotted abbreviations ("e.V.", "U.S.A.")
+    return True
+
+
+def _split_segment(segment: str, lang: str, case_tells: bool) -> list[str]:
+    tokens = segment.split()
+    pieces, start = [], 0
+    for index in range(len(tokens) - 1):
+        token = tokens[index]
+        if token[-1] in _MAY_END and _ends_sentence(token, tokens[index + 1], lang, case_tells):
+            pieces.append(" ".join(tokens[start:index + 1]))
+            start = index + 1
+    pieces.append(" ".join(tokens[start:]))
+    return pieces
+
+
+def _split_line(line: str, lang: str, case_tells: bool) -> list[str]:
+    if not _FULL_WIDTH_END.search(line):
+        return _split_segment(line, lang, case_tells)
+    pieces, start = [], 0
+    for end in _FULL_WIDTH_END.finditer(line):
+        pieces.extend(_split_segment(line[start:end.end()], lang, case_tells))
+        start = end.end()
+    pieces.extend(_split_segment(line[start:], lang, case_tells))
+    return pieces
+
+
+def split_sentences(text: str, lang: str | None = None) -> list[str]:
+    """Split ``text`` into sentences by the rules below; ``lang`` (ISO 639-1) picks the abbreviation rules.
+
+    Lines:
+    - Every non-empty line is its own segment, so a list item or heading without end punctuation is one
+      sentence: "- apples\\n- pears" is 2.
+    - A list/heading/quote marker at line start ("-", "*", "+", "•", "1.", "2)", "#", ">") is dropped first,
+      so "1. First item" is one sentence.
+    - A code-fence line (```` ``` ````, ```` ```json ````, ``~~~``) is not a sentence; a line inside a fence is.
+    - A piece without any word character (a "---" rule, an emoji line) is not a sentence.
+    Inside a line, a whitespace-separated token ends a sentence when it ends in an end mark, optionally followed
+    by closing quotes, brackets or markdown emphasis:
+    - "?", "!" (and "?!", "!!!", "؟") end a sentence, except a quoted one followed by a word without a capital:
+      ``He asked, "Why?" and left.`` is 1.
+    - "...", "…" end a sentence only when the next word starts with a capital: "Wait... what?" is 1.
+    - "." ends a sentence, except after an abbreviation of the response's language (``lang``; English when
+      not given) that stands before a name or number ("Dr.", "Nr.", "z.B.", "p. ej.", "Sig.ra", "M."), a single
+      letter ("J. K. Rowling", "z. B."; not the pronoun "i"), a day before a German month ("am 3. Oktober"),
+      and, in German, a number of up to three digits (an ordinal: "im 19. Jahrhundert"). Abbreviations that
+      also end sentences ("etc.", "U.S.", "p.m.", "usw.", "ecc.") end one when the next word starts with a capital.
+    - "。", "！", "？" end a sentence with or without a space after them.
+    In text with no lowercase letter (an ALL-CAPS answer) a capital says nothing, so the capital-dependent
+    rules read every next word as lowercase. "3.5", "example.com" and "3:30" never split (no space after).
+    """
+    language = (lang or "en").strip().lower()
+    case_tells = text != text.upper()
+    sentences: list[str] = []
+    for line in filter(WORD.search, text.splitlines()):
+        if _FENCE_LINE.fullmatch(line):
+            continue
+        marker = _LIST_OR_HEADING_MARKER.match(line)
+        if marker:
+            line = line[marker.end():]
+        sentences.extend(piece for piece in _split_line(line, language, case_tells) if WORD.search(piece))
+    return sentences
+
+
+def count_sentences(text: str, lang: str | None = None) -> int:
+    """Number of sentences by the rules of :func:`split_sentences`; 0 for empty text."""
+    return len(split_sentences(text, lang))
