@@ -17,20 +17,24 @@ WORD = regex.compile(r"\w+")
 _END_MARKS = ".!?…‼⁇⁈⁉؟।॥"
 # Full-width marks end a sentence wherever they stand: CJK text has no spaces between sentences.
 _FULL_WIDTH_END = regex.compile(r"[。！？｡]++[」』）)\"'”’]*+")
-_CLOSERS = "\"'”’»)]}*_」』"
+_CLOSERS = "\"'”’“‘»«›)]}*_」』"
 _MAY_END = frozenset(_END_MARKS + _CLOSERS)
-_OPENERS = "\"'“‘«([{*_¿¡"
-_QUOTES = "\"'”’»」』"
+_OPENERS = "\"'“‘„‚«»‹([{*_¿¡"
+_QUOTES = "\"'”’“‘»«›」』"
+# A whitespace-separated token, with any marks and quotes that stand alone after it attached: French spacing
+# ("Pourquoi ? »") puts the sentence's last marks after a space.
+_TOKEN = regex.compile(r"\S++(?:\s++[%s]++(?!\S))*+" % regex.escape(_END_MARKS + _CLOSERS))
+_SPACE = " \t\u00a0\u202f"
 _LIST_OR_HEADING_MARKER = regex.compile(r"[ \t]*+(?:#{1,6}+|>|[-*+•]|\d{1,3}+[.)])(?:\s++|$)")
 _FENCE_LINE = regex.compile(r"[ \t]*+(?:`{3,}+|~{3,}+)[\w+#.-]*+[ \t]*+")
 
 # Abbreviations that stand before a name or a number: the sentence goes on after them ("Dr. Smith", "Nr. 5").
 _NEVER_FINAL = {
-    "en": {"dr", "mr", "mrs", "ms", "prof", "sr", "jr", "vs", "e.g", "i.e", "cf", "al", "approx", "pp", "viz",
+    "en": {"dr", "mr", "mrs", "ms", "prof", "sr", "jr", "st", "vs", "e.g", "i.e", "cf", "al", "approx", "pp", "viz",
            "capt", "lt", "sgt", "dept"},
     "de": {"dr", "prof", "hr", "hrn", "fr", "frl", "z.b", "d.h", "u.a", "bzw", "vgl", "ca", "ggf", "evtl", "bspw",
            "sog", "inkl", "zzgl", "exkl", "nr", "s", "abs", "kap", "bd", "str", "tel", "geb", "gest", "ehem",
-           "z.t", "u.u", "o.ä", "i.d.r", "m.e", "allg", "insb", "jh", "jhd", "v.a", "zb", "dh", "st"},
+           "z.t", "u.u", "o.ä", "i.d.r", "m.e", "allg", "insb", "jh", "jhd", "v.a", "zb", "dh", "st", "med", "dipl", "ing", "mo", "di", "mi", "do", "sa"},
     "fr": {"m", "mm", "mme", "mmes", "mlle", "mlles", "dr", "pr", "me", "st", "ste", "cf", "p.ex", "ex", "env",
            "n°", "no", "p", "pp", "vol", "chap", "av", "bd", "tél", "c.-à-d", "c.à.d"},
     "es": {"sr", "sra", "srta", "sres", "dr", "dra", "d", "dña", "lic", "ing", "prof", "ud", "uds", "vd", "vds",
@@ -40,23 +44,29 @@ _NEVER_FINAL = {
            "geom", "rag", "on", "p.es", "es", "pag", "pagg", "n", "nr", "art", "cap", "vol", "tel", "ca", "s", "v",
            "cfr", "ss"},
     "pt": {"sr", "sra", "srs", "sras", "srta", "dr", "dra", "prof", "profa", "eng", "d", "p.ex", "ex", "pág",
-           "págs", "n.º", "nº", "núm", "art", "cap", "vol", "av", "tel", "aprox", "r", "v.exa", "exmo", "exma"},
+           "págs", "n.º", "nº", "núm", "art", "cap", "vol", "av", "tel", "aprox", "r", "exa", "exas", "exmo", "exma"},
 }
 # English words that are abbreviations only when capitalised: "I said no. Then ..." ends a sentence.
-_NEVER_FINAL_CAPITALISED_EN = {"No", "Nos", "Fig", "St", "Gen", "Col", "Rev", "Hon", "Gov", "Sen", "Rep", "Mt", "Ft",
+_NEVER_FINAL_CAPITALISED_EN = {"No", "Nos", "Fig", "Gen", "Col", "Rev", "Hon", "Gov", "Sen", "Rep", "Mt", "Ft",
                                "Vol", "Ch", "Eq"}
 # Abbreviations that also close sentences ("... apples, pears, etc. Then we ..."): final before a capital letter.
 _FINAL_BEFORE_CAPITAL = {
     "en": {"etc", "a.m", "p.m", "u.s", "u.k", "u.n", "e.u", "inc", "ltd", "co", "corp", "jan", "feb", "mar",
            "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"},
-    "de": {"usw", "u.s.w", "etc", "usf", "ff", "u.ä", "o.a"},
-    "fr": {"etc", "cie"},
+    "de": {"usw", "u.s.w", "etc", "usf", "ff", "u.ä", "o.a", "jan", "feb", "mär", "apr", "jun", "jul", "aug", "sep",
+           "sept", "okt", "nov", "dez"},
+    "fr": {"etc", "cie", "janv", "févr", "avr", "juil", "sept", "oct", "nov", "déc"},
     "es": {"etc", "cía", "s.a"},
     "it": {"ecc", "etc", "s.p.a", "s.r.l"},
     "pt": {"etc", "cia", "ltda", "s.a"},
 }
 _GERMAN_MONTHS = {"januar", "jänner", "februar", "märz", "april", "mai", "juni", "juli", "august", "september",
                   "oktober", "november", "dezember"}
+
+
+def _is_initials(word: str) -> bool:
+    parts = word.split(".")
+    return len(parts) > 1 and all(len(part) == 1 and part.isupper() for part in parts)
 
 
 def _starts_with_capital(token: str) -> bool:
@@ -68,19 +78,22 @@ def _starts_with_capital(token: str) -> bool:
 def _ends_sentence(token: str, following: str, lang: str, case_tells: bool) -> bool:
     """Whether `token` (not the line's last) closes a sentence, given the token after it.
 
-    `case_tells` is False in text without lowercase letters: there a capital after a mark says nothing."""
-    core = token.rstrip(_CLOSERS)
-    marks = len(core) - len(core.rstrip(_END_MARKS))
-    if not marks:
+    `case_tells` is False in text without lowercase letters: there a capital after a quote or "..." says nothing
+    (read as lowercase: the sentence goes on), while after an abbreviation it still ends the sentence."""
+    core = token.rstrip(_CLOSERS + _SPACE)
+    bare = core.rstrip(_END_MARKS + _SPACE)
+    if len(bare) == len(core):
         return False
-    run, word = core[-marks:], core[:-marks].lstrip(_OPENERS)
-    capital_next = case_tells and _starts_with_capital(following)
-    if "?" in run or "!" in run or "؟" in run:
-        # `He asked, "Why?" and left.`: a quoted question inside a sentence.
-        closed_by_quote = any(char in _QUOTES for char in token[len(core):])
-        return not (closed_by_quote and not _starts_with_capital(following))
+    run = "".join(core[len(bare):].split())
+    # Quoted or elided words: "(Dr.", "L'Avv." are "Dr." and "Avv.".
+    word = bare.lstrip(_OPENERS).rsplit("'", 1)[-1].rsplit("’", 1)[-1]
+    capital_next = _starts_with_capital(following)
+    if any(char in _QUOTES for char in token[len(core):]) and not (case_tells and capital_next):
+        return False  # `He asked, "Why?" and left.`, `She wrote 'Done.' on the board.`: a quote inside a sentence
+    if run != "." and not run.startswith(".."):
+        return True  # "?", "!", "?!", "!!!"
     if run != ".":  # "...", "…": a pause unless a capital follows
-        return capital_next
+        return case_tells and capital_next
     if not word:
         return True
     key, rules = word.lower(), lang if lang in _NEVER_FINAL else "en"
@@ -88,19 +101,21 @@ def _ends_sentence(token: str, following: str, lang: str, case_tells: bool) -> b
         return False
     if key in _FINAL_BEFORE_CAPITAL[rules]:
         return capital_next
-    if len(word) == 1 and word.isalpha() and word != "i":
-        return False  # initials and one-letter abbreviations: "J. K. Rowling", "z. B.", "p. ej."
+    if len(word) == 1 and word.isalpha() and word != "i" or _is_initials(word):
+        return False  # initials and one-letter abbreviations: "J. K. Rowling", "J.R.R. Tolkien", "z. B.", "p. ej."
     if word.isdigit() and len(word) <= 2 and following.rstrip(".,").lower() in _GERMAN_MONTHS:
         return False  # "am 3. Oktober"
     if lang == "de" and word.isdigit() and len(word) <= 3:
         return False  # German ordinals: "im 19. Jahrhundert", "der 2. Platz"
     if "." in word and word.replace(".", "").isalpha() and len(word) <= 8:
         return capital_next  # other dotted abbreviations ("e.V.", "U.S.A.")
+    if rules == "de" and key.endswith("str"):
+        return False  # street names: "Hauptstr. 5"  # other dotted abbreviations ("e.V.", "U.S.A.")
     return True
 
 
 def _split_segment(segment: str, lang: str, case_tells: bool) -> list[str]:
-    tokens = segment.split()
+    tokens = _TOKEN.findall(segment)
     pieces, start = [], 0
     for index in range(len(tokens) - 1):
         token = tokens[index]

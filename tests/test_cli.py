@@ -30,7 +30,21 @@ def test_verify_prints_one_verdict():
     assert out == {"followed": False, "per_behavior": {"uppercase": False}}
 
 
+def test_verify_reads_a_megabyte_from_a_file_or_stdin(tmp_path):
+    text = "Das Wetter ist heute schön, und wir gehen im Park spazieren. " * 17_000  # ~1 MB: too long for argv
+    path = tmp_path / "response.txt"
+    path.write_text(text, encoding="utf-8")
+    from_file = json.loads(cli("verify", "--behavior", "german", "--behavior", "words_90_120", "--file", str(path)).stdout)
+    assert from_file == {"followed": False, "per_behavior": {"german": True, "words_90_120": False}}
+    piped = subprocess.run([SCRIPT, "verify", "--behavior", "german", "--behavior", "words_90_120", "--file", "-"],
+                           input=text, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and json.loads(piped.stdout) == from_file
+
+
 @pytest.mark.parametrize("args, message", [
+    (("verify", "--behavior", "german", "--file", "/no/such/file"), "cannot read /no/such/file: No such file"),
+    (("verify", "--behavior", "german", "--file", "/"), "cannot read /: Is a directory"),
+    (("verify", "--behavior", "german", "--text", "x", "--file", "-"), "not allowed with argument"),
     (("verify", "--behavior", "klingon", "--text", "x"), "unknown behaviour 'klingon'; known behaviours: german"),
     (("verify", "--behavior", "german", "--behavior", "french", "--text", "x"), "both language behaviours"),
     (("models", "fetch", "gpt-9"), "unknown embedded model"),
@@ -39,6 +53,12 @@ def test_user_errors_exit_2_without_traceback(args, message):
     result = cli(*args, check=False)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_verify_refuses_a_file_that_is_not_utf8(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("Grüße".encode("latin-1"))
+    result = cli("verify", "--behavior", "german", "--file", str(tmp_path / "latin1.txt"), check=False)
+    assert result.returncode == 2 and "is not UTF-8 text (byte 2)" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_models_fetch_prints_the_folder(default_model_dir):
@@ -111,3 +131,31 @@ def test_grid_then_analyze_with_plot(tiny_model_dir, tmp_path):
     assert [(s["k"], s["generations"]) for s in summaries] == [(1, 2), (2, 4)]
     assert all(0 <= s["all"]["accuracy"] <= 1 for s in summaries)
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _v1_record(prompt_id, behaviors, response, followed, scorer="steer_eval.scoring.verify"):
+    return {"prompt_id": prompt_id, "prompt": "Tell me about rain.", "behaviors": behaviors, "control_method": "text",
+            "mode": "composition", "response": response, "followed": followed,
+            "per_behavior": {b: followed for b in behaviors}, "scorer": {"scorer": scorer, "version": 1},
+            "generation": {}, "run": "r1"}
+
+
+def test_analyze_rejudges_records_of_an_older_scorer(tmp_path):
+    records = tmp_path / "records.jsonl"
+    rows = [_v1_record("p1", ["sentences_2"], "Wait... what? It rained.", False),  # scorer 1 counted 3 sentences
+            _v1_record("p2", ["sentences_2"], "It rained. Then it stopped.", True)]
+    records.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    stored = cli("analyze", str(records), "--json")
+    assert "2 records were judged by an older scorer" in stored.stderr and "--rejudge" in stored.stderr
+    assert json.loads(stored.stdout)[0]["all"]["accuracy"] == 0.5
+    rejudged = cli("analyze", str(records), "--json", "--rejudge")
+    assert "re-judged 2 records with scorer version 2; 1 got a different verdict" in rejudged.stderr
+    assert "older scorer" not in rejudged.stderr
+    assert json.loads(rejudged.stdout)[0]["all"]["accuracy"] == 1.0
+
+
+def test_analyze_rejudge_refuses_simulated_records(tmp_path):
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps(_v1_record("p1", ["german"], "x", True, "steer_eval.backends.simulate")) + "\n")
+    result = cli("analyze", str(records), "--rejudge", check=False)
+    assert result.returncode == 2 and "simulated responses" in result.stderr and "Traceback" not in result.stderr
