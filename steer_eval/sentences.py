@@ -24,7 +24,8 @@ _QUOTES = "\"'”’“‘»«›」』"
 # A whitespace-separated token, with any marks and quotes that stand alone after it attached: French spacing
 # ("Pourquoi ? »") puts the sentence's last marks after a space.
 _TOKEN = regex.compile(r"\S++(?:\s++[%s]++(?!\S))*+" % regex.escape(_END_MARKS + _CLOSERS))
-_SPACE = " \t\u00a0\u202f"
+_CLOSERS_AND_SPACE = _CLOSERS + " \t\u00a0\u202f"
+_END_MARKS_AND_SPACE = _END_MARKS + " \t\u00a0\u202f"
 _LIST_OR_HEADING_MARKER = regex.compile(r"[ \t]*+(?:#{1,6}+|>|[-*+•]|\d{1,3}+[.)])(?:\s++|$)")
 _FENCE_LINE = regex.compile(r"[ \t]*+(?:`{3,}+|~{3,}+)[\w+#.-]*+[ \t]*+")
 
@@ -64,13 +65,8 @@ _GERMAN_MONTHS = {"januar", "jänner", "februar", "märz", "april", "mai", "juni
                   "oktober", "november", "dezember"}
 
 
-def _is_initials(word: str) -> bool:
-    parts = word.split(".")
-    return len(parts) > 1 and all(len(part) == 1 and part.isupper() for part in parts)
-
-
 def _starts_with_capital(token: str) -> bool:
-    first = next((char for char in token if char.isalnum()), "")
+    first = token[0] if token[0].isalnum() else next((char for char in token if char.isalnum()), "")
     return first.isupper() or first.istitle()
 
 
@@ -80,38 +76,43 @@ def _ends_sentence(token: str, following: str, lang: str, case_tells: bool) -> b
 
     `case_tells` is False in text without lowercase letters: there a capital after a quote or "..." says nothing
     (read as lowercase: the sentence goes on), while after an abbreviation it still ends the sentence."""
-    core = token.rstrip(_CLOSERS + _SPACE)
-    bare = core.rstrip(_END_MARKS + _SPACE)
+    core = token.rstrip(_CLOSERS_AND_SPACE)
+    bare = core.rstrip(_END_MARKS_AND_SPACE)
     if len(bare) == len(core):
         return False
-    run = "".join(core[len(bare):].split())
-    # Quoted or elided words: "(Dr.", "L'Avv." are "Dr." and "Avv.".
-    word = bare.lstrip(_OPENERS).rsplit("'", 1)[-1].rsplit("’", 1)[-1]
-    capital_next = _starts_with_capital(following)
-    if any(char in _QUOTES for char in token[len(core):]) and not (case_tells and capital_next):
-        return False  # `He asked, "Why?" and left.`, `She wrote 'Done.' on the board.`: a quote inside a sentence
-    if run != "." and not run.startswith(".."):
-        return True  # "?", "!", "?!", "!!!"
-    if run != ".":  # "...", "…": a pause unless a capital follows
-        return case_tells and capital_next
+    if len(core) < len(token) and any(char in _QUOTES for char in token[len(core):]):
+        # `He asked, "Why?" and left.`, `She wrote 'Done.' on the board.`: a quote inside a sentence.
+        return case_tells and _starts_with_capital(following)
+    run = core[len(bare):].replace(" ", "")
+    if run == ".":
+        return _period_ends_sentence(bare.lstrip(_OPENERS), following, lang)
+    if run.startswith("..") or run.startswith("…"):
+        return case_tells and _starts_with_capital(following)  # a pause unless a capital follows
+    return True  # "?", "!", "?!", "!!!"
+
+
+def _period_ends_sentence(word: str, following: str, lang: str) -> bool:
+    if "'" in word or "’" in word:
+        word = word.replace("’", "'").rsplit("'", 1)[-1]  # elision: "L'Avv." is "Avv."
     if not word:
         return True
     key, rules = word.lower(), lang if lang in _NEVER_FINAL else "en"
     if key in _NEVER_FINAL[rules] or rules == "en" and word in _NEVER_FINAL_CAPITALISED_EN:
         return False
     if key in _FINAL_BEFORE_CAPITAL[rules]:
-        return capital_next
-    if len(word) == 1 and word.isalpha() and word != "i" or _is_initials(word):
-        return False  # initials and one-letter abbreviations: "J. K. Rowling", "J.R.R. Tolkien", "z. B.", "p. ej."
-    if word.isdigit() and len(word) <= 2 and following.rstrip(".,").lower() in _GERMAN_MONTHS:
-        return False  # "am 3. Oktober"
-    if lang == "de" and word.isdigit() and len(word) <= 3:
-        return False  # German ordinals: "im 19. Jahrhundert", "der 2. Platz"
+        return _starts_with_capital(following)
+    if len(word) == 1 and word.isalpha():
+        return word == "i"  # initials and one-letter abbreviations: "J. K. Rowling", "z. B.", "p. ej."
+    if word[0].isdigit() and word.isdigit():
+        if len(word) <= 2 and following.rstrip(".,").lower() in _GERMAN_MONTHS:
+            return False  # "am 3. Oktober"
+        return not (rules == "de" and len(word) <= 3)  # German ordinals: "im 19. Jahrhundert", "der 2. Platz"
     if "." in word and word.replace(".", "").isalpha() and len(word) <= 8:
-        return capital_next  # other dotted abbreviations ("e.V.", "U.S.A.")
-    if rules == "de" and key.endswith("str"):
-        return False  # street names: "Hauptstr. 5"  # other dotted abbreviations ("e.V.", "U.S.A.")
-    return True
+        parts = word.split(".")
+        if all(len(part) == 1 and part.isupper() for part in parts):
+            return False  # initials: "J.R.R. Tolkien"
+        return _starts_with_capital(following)  # other dotted abbreviations ("e.V.", "U.S.A.")
+    return not (rules == "de" and key.endswith("str"))  # street names: "Hauptstr. 5"
 
 
 def _split_segment(segment: str, lang: str, case_tells: bool) -> list[str]:
