@@ -47,9 +47,10 @@ _NEVER_FINAL = {
     "pt": {"sr", "sra", "srs", "sras", "srta", "dr", "dra", "prof", "profa", "eng", "d", "p.ex", "ex", "pág",
            "págs", "n.º", "nº", "núm", "art", "cap", "vol", "av", "tel", "aprox", "r", "exa", "exas", "exmo", "exma"},
 }
-# English words that are abbreviations only when capitalised: "I said no. Then ..." ends a sentence.
-_NEVER_FINAL_CAPITALISED_EN = {"No", "Nos", "Fig", "Gen", "Col", "Rev", "Hon", "Gov", "Sen", "Rep", "Mt", "Ft",
-                               "Vol", "Ch", "Eq"}
+# English titles that are also words: abbreviations only when capitalised ("Gen. Patton", "the gen. Then").
+_NEVER_FINAL_CAPITALISED_EN = {"Gen", "Col", "Rev", "Hon", "Gov", "Sen", "Rep", "Mt", "Ft"}
+# English words that are abbreviations only before a number: "See No. 5", but "I said no. Then", "No. No."
+_BEFORE_NUMBER_EN = {"no", "nos", "fig", "figs", "vol", "vols", "ch", "eq", "sec", "art"}
 # Abbreviations that also close sentences ("... apples, pears, etc. Then we ..."): final before a capital letter.
 _FINAL_BEFORE_CAPITAL = {
     "en": {"etc", "a.m", "p.m", "u.s", "u.k", "u.n", "e.u", "inc", "ltd", "co", "corp", "jan", "feb", "mar",
@@ -99,6 +100,8 @@ def _period_ends_sentence(word: str, following: str, lang: str) -> bool:
     key, rules = word.lower(), lang if lang in _NEVER_FINAL else "en"
     if key in _NEVER_FINAL[rules] or rules == "en" and word in _NEVER_FINAL_CAPITALISED_EN:
         return False
+    if rules == "en" and key in _BEFORE_NUMBER_EN:
+        return not following[0].isdigit()
     if key in _FINAL_BEFORE_CAPITAL[rules]:
         return _starts_with_capital(following)
     if len(word) == 1 and word.isalpha():

@@ -118,8 +118,10 @@ def _without_code_fence(text: str) -> str:
     if len(text) < 6 or not (text.startswith("```") and text.endswith("```")):
         return text
     inner = text[3:-3]
-    info_end = len(inner) - len(inner.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))
-    return inner[info_end:].strip()
+    info, newline, body = inner.partition("\n")
+    if newline and (not info.strip() or info.strip().isalpha()):
+        return body.strip()  # "```json\n...```", "``` JSON\n...```"
+    return inner.lstrip("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz").strip()  # "```json{...}```"
 
 
 def _refuse_constant(name: str) -> None:
