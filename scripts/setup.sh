@@ -24,6 +24,6 @@ if [ "$variant" = cpu ]; then
 else
   pip_install -e ".[cuda,dev]"
 fi
-.venv/bin/python -c "import torch, transformers, lm_eval, ray, langdetect, steer_eval; from vllm import LLM" \
+.venv/bin/python -c "import torch, transformers, lm_eval, ray, py3langid, steer_eval; from vllm import LLM" \
   || { echo "setup finished but imports fail: see above" >&2; exit 1; }
 echo "steer-eval environment ready in .venv ($variant)"

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from functools import cache
 from typing import Any
 
-from langdetect import DetectorFactory, detect
-from langdetect.lang_detect_exception import LangDetectException
+import regex
+
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
 from steer_eval.sentences import WORD, count_sentences, split_sentences
 
-# langdetect samples n-grams at random; without a fixed seed the same text can get
-# different labels on different calls.
-DetectorFactory.seed = 0
+_LETTER = regex.compile(r"[^\W\d_]")
+# Longer texts are judged on evenly spaced windows: the label of a long response is its majority language,
+# and the detector's time stays bounded (its byte walk is a Python loop).
+_WHOLE_TEXT_LIMIT, _WINDOWS, _WINDOW = 10_000, 8, 1_250
+
 
 def count_words(text: str) -> int:
     """Number of ``\\w+`` runs in ``text`` on the ``regex`` engine.
@@ -35,25 +39,40 @@ def words_in_range(text: str, low: int, high: int) -> bool:
     return low <= count_words(text) <= high
 
 
-def detect_language(text: str) -> str | None:
-    """ISO 639-1 code langdetect assigns to ``text`` (seed fixed at 0).
+@cache
+def _identifier() -> LanguageIdentifier:
+    # A private instance: py3langid's module-level one is shared state any caller can restrict to a few languages.
+    return LanguageIdentifier.from_model_file(MODEL_FILE)
 
-    Returns None for empty/whitespace-only text or when langdetect cannot decide
-    (e.g. text with no letters).
+
+def _sample(text: str) -> str:
+    if len(text) <= _WHOLE_TEXT_LIMIT:
+        return text
+    step = (len(text) - _WINDOW) // (_WINDOWS - 1)
+    return "\n".join(text[i * step:i * step + _WINDOW] for i in range(_WINDOWS))
+
+
+def detect_language(text: str) -> str | None:
+    """The language code py3langid (0.4, all 97 of its languages) gives ``text``; None when it has no letter.
+
+    Chosen by measurement over langdetect (seeded, or a majority over seeds) and lingua
+    (results/bench/language_id.md): right most often on 309 hand-written texts in the five target languages
+    and their neighbours (98.7% vs 88.7% langdetect, 95.5% lingua) and on 250 hand-labelled real responses
+    where detectors disagreed; deterministic without global state (a naive Bayes model, no sampling); ALL-CAPS
+    text is read lowercased. Codes are ISO 639-1 where one exists ("de"), else longer ("ext", "lij").
+    Text over 10,000 characters is judged on 8 evenly spaced windows of 1,250 characters.
     """
-    if not text.strip():
+    if not _LETTER.search(text):
         return None
-    try:
-        return detect(text)
-    except LangDetectException:
-        return None
+    return _identifier().classify(_sample(text))[0]
 
 
 def is_language(text: str, lang: str) -> bool:
-    """True when langdetect labels ``text`` as ``lang`` (e.g. "de", "es", "fr").
+    """True when :func:`detect_language` labels ``text`` as ``lang`` (e.g. "de", "es", "fr").
 
-    Empty text or a detection failure counts as NOT followed. IFEval counts a
-    failure as followed; we do not, so a response with no usable text cannot pass.
+    Text without a letter (empty, digits, punctuation) is NOT followed. IFEval counts a detection failure as
+    followed; we do not, so a response with no usable text cannot pass. IFEval uses langdetect, which labels
+    ALL-CAPS Spanish/French/Italian as English and Galician as Portuguese; we do not follow it there.
     """
     return detect_language(text) == lang.strip().lower()
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (README, "Training steering tokens"), run from the root of the carried checkout. The 98 MB GGUF
 # travels in two pieces (a call carries at most 64 MiB): an earlier call copied .gpu/a/part1 to /root/cache; this
-# one carries .gpu/b (part2, the pure-Python packages gguf and langdetect, the tokenizer files of the local model
+# one carries .gpu/b (part2, the pure-Python packages gguf and py3langid, the tokenizer files of the local model
 # folder) and .gpu/code (steer_eval + trainers). It rebuilds the model folder once, checks that its embedding
 # fingerprint equals the CPU folder's, runs (or resumes) trainers/gpu_pipeline.sh for BUDGET seconds and packs
 # what it made into $OUT.

@@ -2,7 +2,7 @@
 # Builds the carry folder .gpu/ that trainers/gpu_call.sh expects (git-ignored; run from the repository root):
 #   .gpu/a/part1   the first 60,000,000 bytes of the model's Q4_1 GGUF (call 1 copies it to /root/cache)
 #   .gpu/b/part2   the rest of the GGUF
-#   .gpu/b/site    packages the GPU machine's image lacks: gguf, langdetect, jsonlines (pure Python, copied from this
+#   .gpu/b/site    packages the GPU machine's image lacks: gguf, py3langid, jsonlines (pure Python, copied from this
 #                  venv WITH their .dist-info: transformers reads gguf's version from it) and orjson (compiled: a
 #                  cp312 manylinux wheel for the machine's Python 3.12, unpacked)
 #   .gpu/b/tok     the tokenizer and config files of the local model folder, so token ids match the CPU exactly
@@ -23,7 +23,7 @@ rm -rf .gpu && mkdir -p .gpu/a .gpu/b/site .gpu/b/tok .gpu/code
 head -c 60000000 "$GGUF" > .gpu/a/part1
 tail -c +60000001 "$GGUF" > .gpu/b/part2
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-for pkg in gguf langdetect jsonlines; do cp -r "$SITE/$pkg" "$SITE/$pkg"-*.dist-info .gpu/b/site/; done
+for pkg in gguf py3langid jsonlines; do cp -r "$SITE/$pkg" "$SITE/$pkg"-*.dist-info .gpu/b/site/; done
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$TMP/whl" \
     "orjson==$("$PY" -c 'import importlib.metadata as m; print(m.version("orjson"))')"

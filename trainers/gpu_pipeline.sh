@@ -3,7 +3,7 @@
 # the test split, pick the behaviours to ship, build teacher data, train behaviour tokens, build pair data, train
 # <and>, evaluate. Every stage is resumable (done-markers, resumable builders, trainer checkpoints), so the same
 # command is simply run again after a call's time limit. Needs: MODEL (a model folder), W (work folder),
-# PYTHONPATH with steer_eval, langdetect and gguf. Everything it makes lies under $W.
+# PYTHONPATH with steer_eval, py3langid and gguf. Everything it makes lies under $W.
 set -euo pipefail
 : "${MODEL:?model folder}" "${W:?work folder}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
