@@ -153,17 +153,23 @@ def split_sentences(text: str, lang: str | None = None) -> list[str]:
     - A piece without any word character (a "---" rule, an emoji line) is not a sentence.
     Inside a line, a whitespace-separated token ends a sentence when it ends in an end mark, optionally followed
     by closing quotes, brackets or markdown emphasis:
-    - "?", "!" (and "?!", "!!!", "؟") end a sentence, except a quoted one followed by a word without a capital:
-      ``He asked, "Why?" and left.`` is 1.
+    - A mark inside closing quotes followed by a word without a capital does not end the sentence:
+      ``He asked, "Why?" and left.`` and ``She wrote 'Done.' on the board.`` are 1 each.
+    - "?", "!" (and "?!", "!!!", "؟") end a sentence.
     - "...", "…" end a sentence only when the next word starts with a capital: "Wait... what?" is 1.
     - "." ends a sentence, except after an abbreviation of the response's language (``lang``; English when
       not given) that stands before a name or number ("Dr.", "Nr.", "z.B.", "p. ej.", "Sig.ra", "M."), a single
       letter ("J. K. Rowling", "z. B."; not the pronoun "i"), a day before a German month ("am 3. Oktober"),
       and, in German, a number of up to three digits (an ordinal: "im 19. Jahrhundert"). Abbreviations that
       also end sentences ("etc.", "U.S.", "p.m.", "usw.", "ecc.") end one when the next word starts with a capital.
+      English "No.", "Fig.", "Vol." are abbreviations only before a number ("See No. 5"; "I said no. Then").
     - "。", "！", "？" end a sentence with or without a space after them.
-    In text with no lowercase letter (an ALL-CAPS answer) a capital says nothing, so the capital-dependent
-    rules read every next word as lowercase. "3.5", "example.com" and "3:30" never split (no space after).
+    In text with no lowercase letter (an ALL-CAPS answer) a capital after a quote or "..." says nothing, so the
+    sentence goes on there; after "ETC." or "P.M." a word still starts a new sentence. "3.5", "example.com" and
+    "3:30" never split (no space after).
+    IFEval counts with nltk's English Punkt model, which runs lines without end punctuation together, counts a
+    list number ("1.") or a quoted question as a sentence of its own, and knows no other language's
+    abbreviations; these are the differences results/ifeval_crosscheck/ classes.
     """
     language = (lang or "en").strip().lower()
     case_tells = text != text.upper()

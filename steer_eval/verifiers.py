@@ -82,6 +82,8 @@ def is_lowercase(text: str) -> bool:
 
     Uses ``str.islower`` so non-ASCII letters count ("é", "ß" lowercase; "É" not).
     Empty text or text without cased letters (digits only, Chinese) is NOT followed.
+    IFEval's checker also requires langdetect to call the text English; ours does not, so
+    ``german + lowercase`` can hold.
     """
     return text.islower()
 
@@ -90,7 +92,8 @@ def is_uppercase(text: str) -> bool:
     """True when no letter is lowercase and at least one cased letter exists.
 
     Uses ``str.isupper``: "ÜBER" passes; "STRAßE" fails because "ß" is lowercase.
-    Empty text or text without cased letters is NOT followed.
+    Empty text or text without cased letters is NOT followed. Like :func:`is_lowercase`, no English
+    requirement (IFEval has one).
     """
     return text.isupper()
 
@@ -160,7 +163,8 @@ def is_json_answer(text: str) -> bool:
     The text is stripped and one surrounding markdown code fence (```` ``` ```` or
     ```` ```json ````) is removed if present; nothing else may surround the JSON.
     The value of "answer" may be any JSON value. Strict RFC 8259: ``NaN``/``Infinity``
-    (which Python's json accepts) and an object with a repeated key are not JSON.
+    (which Python's json accepts) and an object with a repeated key are not JSON. IFEval's
+    json_format accepts any JSON value, and Python's NaN.
     """
     candidate = _without_code_fence(text.strip())
     try:
