@@ -23,7 +23,9 @@ with a timeout. Without ``--quick`` every response in results/token_eval/records
 labelled too (pairwise agreement of "is target" verdicts, and the disagreement pool that
 benchmarks/data/language_disagreements.jsonl was sampled from).
 
-Usage:  .venv/bin/python benchmarks/language_id.py [--quick] [--jobs 2]
+Usage:  .venv/bin/pip install lingua-language-detector==2.1.1   # the losing candidates are no dependency
+        .venv/bin/python benchmarks/language_id.py [--quick] [--jobs 2]
+(langdetect comes with the dev extra; py3langid is the verifier's own.)
 Writes results/bench/language_id.json and results/bench/language_id.md.
 """
 
