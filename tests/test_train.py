@@ -178,6 +178,29 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, data, tmp_path)
     assert losses(resumed) == losses(whole)
 
 
+class _RunsCode:
+    """A pickle that, when unpickled with full pickle semantics, writes a file (stands in for any command)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "code ran"))
+
+
+def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path):
+    marker = tmp_path / "pwned"
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    torch.save({"config": {}, "payload": _RunsCode(marker)}, out_dir / "ckpt.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.resumed_config(["--out_dir", str(out_dir), "--resume", "--model", "m", "--data", "d.jsonl"])
+    assert "is not a checkpoint this trainer wrote" in str(exit_info.value) and "without --resume" in str(exit_info.value)
+    assert not marker.exists()
+    torch.load(out_dir / "ckpt.pt", weights_only=False)  # the same file under full unpickling: the code runs
+    assert marker.read_text() == "code ran"
+
+
 def test_torchrun_two_cpu_processes_agree(tiny_model_dir, data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",

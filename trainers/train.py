@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -230,7 +231,12 @@ def resumed_config(argv=None) -> tuple[TrainConfig, Optional[dict]]:
         return config, None
     if not checkpoint_path.is_file():
         sys.exit(f"train.py: --resume but {checkpoint_path} does not exist; start without --resume")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    try:
+        # weights_only: tensors and plain containers only; a crafted pickle cannot run code on --resume.
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        sys.exit(f"train.py: {checkpoint_path} is not a checkpoint this trainer wrote ({str(error).splitlines()[0]}); "
+                 "move it away and start without --resume")
     # Exact continuation: everything comes from the checkpoint except where to stop and which device to use.
     saved = TrainConfig(**checkpoint["config"])
     saved.resume, saved.stop_after, saved.device = True, config.stop_after, config.device
