@@ -71,6 +71,7 @@ class Record:
     backend: str = ""
     model: str = ""
     run: str = ""  # the run id (run_identity.RunIdentity.run_id) of the settings that produced it
+    quality: dict = field(default_factory=dict)  # quality.measure of the response (repetition, tokens, ...)
     extra: dict = field(default_factory=dict)  # fields of other writers, kept so a round trip loses nothing
 
     def __post_init__(self):
@@ -106,7 +107,7 @@ class Record:
         return {**self.extra, **self.request.to_json(), "steering": list(self.steering),
                 "instruction": self.instruction, "response": self.response, "followed": self.followed,
                 "per_behavior": dict(self.per_behavior), "scorer": self.scorer, "generation": self.generation,
-                "backend": self.backend, "model": self.model, "run": self.run}
+                "backend": self.backend, "model": self.model, "run": self.run, "quality": self.quality}
 
     @classmethod
     def from_json(cls, row: Mapping) -> "Record":
@@ -119,7 +120,8 @@ class Record:
         return cls(request, row["response"], {b: bool(v) for b, v in per_behavior.items()},
                    scorer or scorer_spec(request.behaviors), dict(row.get("generation") or {}),
                    tuple(row.get("steering") or ()), row.get("instruction"), row.get("backend", ""),
-                   row.get("model", ""), row.get("run", ""), {k: v for k, v in row.items() if k not in _RECORD_FIELDS})
+                   row.get("model", ""), row.get("run", ""), dict(row.get("quality") or {}),
+                   {k: v for k, v in row.items() if k not in _RECORD_FIELDS})
 
 
 def judged_by_current_scorer(record: Record) -> bool:
@@ -137,7 +139,7 @@ def rejudge(record: Record) -> Record:
 
 _RECORD_FIELDS = frozenset({"id", "prompt_id", "prompt", "behaviors", "control_method", "mode", "sample",
                             "paraphrase_seed", "steering", "instruction", "response", "followed", "per_behavior",
-                            "scorer", "generation", "backend", "model", "run"})
+                            "scorer", "generation", "backend", "model", "run", "quality"})
 
 
 # --- JSONL files ------------------------------------------------------------------------------------------------

@@ -18,26 +18,60 @@ class _Outcome(NamedTuple):
     per_behavior: dict[str, bool]
 
 
+class _QualitySums:
+    """Running sums of the records' quality fields (no per-record objects kept)."""
+
+    def __init__(self):
+        self.n = self.repetition = self.distinct_2 = self.n_distinct_2 = self.hit_limit = self.n_limit = 0
+
+    def add(self, quality: dict) -> None:
+        if not quality:
+            return
+        self.n += 1
+        self.repetition += quality.get("repetition", 0.0)
+        if quality.get("distinct_2") is not None:
+            self.distinct_2 += quality["distinct_2"]
+            self.n_distinct_2 += 1
+        if "hit_limit" in quality:
+            self.hit_limit += bool(quality["hit_limit"])
+            self.n_limit += 1
+
+    def means(self) -> dict:
+        """Means over the records that carry quality fields; empty when none do (older records)."""
+        if not self.n:
+            return {}
+        return {"records": self.n, "repetition": self.repetition / self.n,
+                "distinct_2": self.distinct_2 / self.n_distinct_2 if self.n_distinct_2 else None,
+                "hit_limit": self.hit_limit / self.n_limit if self.n_limit else None}
+
+
 def group_summaries(records: Iterable[Record]) -> dict[tuple[str, str, int], dict]:
     """Summaries per (control method, mode, k), in one pass over the records (a stream is fine); a record is
-    counted once even if a file holds it twice; records of two runs in one setting are refused."""
+    counted once even if a file holds it twice; records of two runs in one setting are refused. Each summary
+    has `quality` (mean repetition, distinct-2, share at the token limit) when the records carry it."""
     groups: dict[tuple[str, str, int], dict[int, _Outcome]] = defaultdict(dict)
+    quality: dict[tuple[str, str, int], _QualitySums] = defaultdict(_QualitySums)
     runs: dict[tuple[str, str, int], set[str]] = defaultdict(set)
     shared: dict = {}  # one object per distinct order, prompt id and verdict set, however many records share it
     for record in records:
         # Text instructions are joined the same way whatever the mode, so text runs form one setting.
         mode = "-" if record.control_method == "text" else record.mode
         key = (record.control_method, mode, len(record.behaviors))
-        verdicts = tuple(record.per_behavior.items())
-        groups[key].setdefault(hash(record.key), _Outcome(
-            shared.setdefault(record.behaviors, record.behaviors), shared.setdefault(record.prompt_id, record.prompt_id),
-            record.followed, shared.setdefault(verdicts, dict(verdicts))))
+        identity = hash(record.key)
+        if identity not in groups[key]:
+            verdicts = tuple(record.per_behavior.items())
+            groups[key][identity] = _Outcome(
+                shared.setdefault(record.behaviors, record.behaviors),
+                shared.setdefault(record.prompt_id, record.prompt_id),
+                record.followed, shared.setdefault(verdicts, dict(verdicts)))
+            quality[key].add(record.quality)
         runs[key].add(record.run)
     for key, run_ids in runs.items():
         if len(run_ids) > 1:
             raise UserError(f"records of different runs ({', '.join(sorted(r or '?' for r in run_ids))}) share the "
                             f"setting {'/'.join(map(str, key))}; analyze each run's records separately")
-    return {key: summarize(list(group.values())) for key, group in sorted(groups.items())}
+    return {key: {**summarize(list(group.values())), "quality": quality[key].means()}
+            for key, group in sorted(groups.items())}
 
 
 def _percent(value) -> str:
@@ -45,45 +79,69 @@ def _percent(value) -> str:
 
 
 def markdown_table(summaries: dict[tuple[str, str, int], dict]) -> str:
-    """One row per setting; best order and Δmax come from complete order sets only (`incomplete` = records left out)."""
-    lines = ["| control | mode | k | n | combos | acc seen | acc unseen | acc all | best order | Δmax mean | Δmax max "
-             "| incomplete |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """One row per setting; best order and Δmax come from complete order sets only (`incomplete` = records left
+    out). Quality columns (mean repetition, distinct-2, % stopped by the token limit) when records carry them."""
+    with_quality = any(s.get("quality") for s in summaries.values())
+    header = ("| control | mode | k | n | combos | acc seen | acc unseen | acc all | best order | Δmax mean | Δmax max "
+              "| incomplete |")
+    rule = "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    if with_quality:
+        header, rule = header + " repetition | distinct-2 | at limit % |", rule + "---|---|---|"
+    lines = [header, rule]
     for (control, mode, k), s in summaries.items():
         a = s["all"]
-        lines.append(f"| {control} | {mode} | {k} | {s['generations']} | {a['combinations']} | "
-                     f"{_percent(s['seen'].get('accuracy'))} | {_percent(s['unseen'].get('accuracy'))} | "
-                     f"{_percent(a.get('accuracy'))} | {_percent(a.get('best_order_accuracy'))} | "
-                     f"{_percent(a.get('order_variance'))} | {_percent(a.get('order_variance_max'))} | "
-                     f"{a.get('incomplete_records', 0)} |")
+        row = (f"| {control} | {mode} | {k} | {s['generations']} | {a['combinations']} | "
+               f"{_percent(s['seen'].get('accuracy'))} | {_percent(s['unseen'].get('accuracy'))} | "
+               f"{_percent(a.get('accuracy'))} | {_percent(a.get('best_order_accuracy'))} | "
+               f"{_percent(a.get('order_variance'))} | {_percent(a.get('order_variance_max'))} | "
+               f"{a.get('incomplete_records', 0)} |")
+        if with_quality:
+            q = s.get("quality") or {}
+            row += f" {_fraction(q.get('repetition'))} | {_fraction(q.get('distinct_2'))} | {_percent(q.get('hit_limit'))} |"
+        lines.append(row)
     return "\n".join(lines)
 
 
+def _fraction(value) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def plot(summaries: dict[tuple[str, str, int], dict], path: str | Path) -> Path:
-    """Accuracy (seen/unseen) and mean order variance against k, one line per setting."""
+    """Accuracy (seen/unseen), mean order variance and repetition against k, one line per setting, one legend
+    for the figure; panels without data are left out."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     settings = sorted({(c, m) for c, m, _ in summaries})
     colors = {setting: f"C{i % 10}" for i, setting in enumerate(settings)}
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    panels = [("seen", "accuracy", "accuracy, seen combinations"),
-              ("unseen", "accuracy", "accuracy, unseen combinations"),
-              ("all", "order_variance", "order variance Δmax (mean)")]
-    for axis, (split, metric, title) in zip(axes, panels):
+    panels = [("seen", "accuracy", "accuracy, seen combinations", 100),
+              ("unseen", "accuracy", "accuracy, unseen combinations", 100),
+              ("all", "order_variance", "order variance Δmax (mean)", 100),
+              ("quality", "repetition", "repetition (share covered by the longest repeat)", 1)]
+
+    def points(split, metric, scale, control, mode):
+        found = [(k, s.get(split, {}).get(metric)) for (c, m, k), s in summaries.items() if (c, m) == (control, mode)]
+        return [(k, scale * v) for k, v in found if v is not None]
+
+    # A panel without data (e.g. no seen combination in the run) is left out rather than drawn empty.
+    panels = [p for p in panels if any(points(p[0], p[1], p[3], c, m) for c, m in settings)]
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    for axis, (split, metric, title, scale) in zip(axes[0], panels):
         for control, mode in settings:
-            points = [(k, s[split].get(metric)) for (c, m, k), s in summaries.items() if (c, m) == (control, mode)]
-            points = [(k, 100 * v) for k, v in points if v is not None]
-            if points:
-                axis.plot(*zip(*points), marker="o", color=colors[(control, mode)], label=f"{control}/{mode}")
+            line = points(split, metric, scale, control, mode)
+            if line:
+                axis.plot(*zip(*line), marker="o", color=colors[(control, mode)], label=control if mode == "-" else f"{control} ({mode})")
         axis.set_title(title)
         axis.set_xlabel("behaviours composed (k)")
         axis.set_xticks(sorted({k for _, _, k in summaries}))
-        axis.set_ylabel("%")
-        axis.set_ylim(0, 100)
+        axis.set_ylabel("%" if scale == 100 else "share")
+        axis.set_ylim(0, scale)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    figure.tight_layout()
+    legend = {label: handle for axis in axes[0] for handle, label in zip(*axis.get_legend_handles_labels())}
+    handles, labels = list(legend.values()), list(legend)
+    figure.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=9, title="setting")
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)

@@ -21,6 +21,7 @@ from steer_eval.assembly import AssembledPrompt
 from steer_eval.backends.spec import BackendSpec
 from steer_eval.errors import RunMismatchError, UserError, WorkerFailedError
 from steer_eval.generation import GenerationConfig
+from steer_eval.quality import measure
 from steer_eval.records import Record, Request, encode_records
 from steer_eval.scoring import scorer_spec, verify
 
@@ -43,9 +44,13 @@ def evaluate(backend, requests: Sequence[Request], config: GenerationConfig, run
         texts = backend.generate([assembled[i] for i in indices], sample_config(config, sample), progress=False)
         for index, text in zip(indices, texts):
             responses[index] = text
+    def count_tokens(text: str) -> int:
+        return len(backend.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     return [Record(request, response, verify(request.behaviors, response).per_behavior,
                    scorer_spec(request.behaviors), sample_config(config, request.sample).as_dict(),
-                   prompt.token_names, prompt.instruction, backend.name, backend.model_spec, run_id)
+                   prompt.token_names, prompt.instruction, backend.name, backend.model_spec, run_id,
+                   measure(response, count_tokens, config.max_new_tokens))
             for request, prompt, response in zip(requests, assembled, responses)]
 
 

@@ -32,7 +32,7 @@ def _lines(path):
     return path.read_text().splitlines()
 
 
-def test_in_process_then_resume_exactly_once(tiny_model_dir, tmp_path):
+def test_in_process_then_resume_exactly_once(tiny_model_dir, tmp_path, tokenizer):
     items, output = _items(), tmp_path / RECORDS_FILE
     partial = run(items[:4], _spec(tiny_model_dir), CONFIG, output, chunk_size=2, progress=False).records()
     assert len(partial) == 4
@@ -41,6 +41,10 @@ def test_in_process_then_resume_exactly_once(tiny_model_dir, tmp_path):
     assert records[:4] == partial
     assert [r.behaviors for r in records] == [i.behaviors for i in items]
     assert all("Spanish" in r.instruction for r in records)
+    for record in records:  # quality is measured on every record (the tiny model shares the default tokenizer)
+        assert record.quality["tokens"] == len(tokenizer(record.response, add_special_tokens=False)["input_ids"])
+        assert record.quality["hit_limit"] is (record.quality["tokens"] >= 4)
+        assert 0 <= record.quality["repetition"] <= 1
     manifest = json.loads(manifest_path(output).read_text())
     assert {r.run for r in records} == {manifest["run"]}
     assert manifest["identity"]["generation"]["max_new_tokens"] == 4
