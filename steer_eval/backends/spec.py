@@ -1,7 +1,6 @@
 """The one way to build a backend: a picklable spec, so a Ray actor can build the same backend as this process."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -41,8 +40,6 @@ class BackendSpec:
             from steer_eval.backends.simulate import SimulatedBackend
             return SimulatedBackend(self.model, self.tokens_dir, **self.options)
         if self.backend == "vllm":
-            # vLLM logs to stdout by default; stdout is kept for results (tables, JSON, responses).
-            os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
             from steer_eval.backends.vllm import VLLMBackend
             return VLLMBackend(self.model, tokens_dir=self.tokens_dir, **self.options)
         from steer_eval.backends.hf import HFBackend

@@ -13,12 +13,14 @@ Two duties come with it, both done inside the engine by `SteeringRowsWorker`:
 from __future__ import annotations
 
 import gc
+import sys
 from typing import Sequence
 
 import torch
 
 from steer_eval.assembly import AssembledPrompt
 from steer_eval.backends.base import SteeringBackend, check_vector
+from steer_eval.backends.engine_log import default_engine_log, route_vllm_logs
 from steer_eval.backends.extended_vocab import DEFAULT_SPARE_ROWS, extended_model, read_input_embeddings
 from steer_eval.errors import PromptTooLongError
 from steer_eval.generation import GenerationConfig
@@ -82,8 +84,11 @@ class VLLMBackend(SteeringBackend):
 
     def __init__(self, model_spec: str, tokens_dir=None, *, max_model_len: int = 2048,
                  gpu_memory_utilization: float | None = None, seed: int = 0, tensor_parallel_size: int = 1,
-                 spare_rows: int = DEFAULT_SPARE_ROWS, **engine_kwargs):
+                 spare_rows: int = DEFAULT_SPARE_ROWS, engine_log: str | None = None, **engine_kwargs):
+        """`engine_log`: a file for vLLM's own log lines ("-": stderr; default: <STEER_EVAL_HOME>/logs/)."""
         from transformers import AutoTokenizer
+        self.engine_log = route_vllm_logs(default_engine_log() if engine_log is None else engine_log)
+        print(f"steer-eval: vLLM engine log: {self.engine_log}", file=sys.stderr)
         source = resolve_model_path(model_spec)
         self.extended = extended_model(source, spare_rows)
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -347,15 +347,15 @@ class SteeringVLLMLM(SteeringLM):
 
     def backend_options(self, batch_size=None, device=None, max_batch_size=None, tensor_parallel_size: int = 1,
                         max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
-                        **engine_kwargs) -> dict:
+                        engine_log: str | None = None, **engine_kwargs) -> dict:
         # vLLM schedules its own batches; lm-eval's batch_size and device do not apply.
         engine_args = _engine_arg_names()
         if engine_args is not None:
             _refuse_unknown("steering_vllm", set(engine_kwargs) - engine_args,
                             [*COMMON_ARGS, "tensor_parallel_size", "max_model_len", "gpu_memory_utilization",
-                             "<any vLLM engine argument>"], sorted(engine_args))
+                             "engine_log", "<any vLLM engine argument>"], sorted(engine_args))
         options = {"seed": self.seed, "tensor_parallel_size": _number("tensor_parallel_size", tensor_parallel_size),
-                   **engine_kwargs}
+                   "engine_log": engine_log, **engine_kwargs}
         if max_model_len is not None:
             options["max_model_len"] = _number("max_model_len", max_model_len)
         if gpu_memory_utilization is not None:
