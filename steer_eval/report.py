@@ -19,30 +19,31 @@ class _Outcome(NamedTuple):
 
 
 class _QualitySums:
-    """Running sums of the records' quality fields (no per-record objects kept)."""
+    """Running sums of the records' quality fields (no per-record objects kept); a field missing from a record
+    (older records, no fluency pass) is left out of that field's mean, not counted as 0."""
+
+    FIELDS = ("repetition", "distinct_2", "hit_limit", "fluency")
 
     def __init__(self):
-        self.n = self.repetition = self.distinct_2 = self.n_distinct_2 = self.hit_limit = self.n_limit = 0
+        self.records = 0
+        self.sums = dict.fromkeys(self.FIELDS, 0.0)
+        self.counts = dict.fromkeys(self.FIELDS, 0)
 
     def add(self, quality: dict) -> None:
         if not quality:
             return
-        self.n += 1
-        self.repetition += quality.get("repetition", 0.0)
-        if quality.get("distinct_2") is not None:
-            self.distinct_2 += quality["distinct_2"]
-            self.n_distinct_2 += 1
-        if "hit_limit" in quality:
-            self.hit_limit += bool(quality["hit_limit"])
-            self.n_limit += 1
+        self.records += 1
+        for name in self.FIELDS:
+            if quality.get(name) is not None:
+                self.sums[name] += float(quality[name])
+                self.counts[name] += 1
 
     def means(self) -> dict:
-        """Means over the records that carry quality fields; empty when none do (older records)."""
-        if not self.n:
+        """Means over the records that carry each field; empty when no record carries quality fields."""
+        if not self.records:
             return {}
-        return {"records": self.n, "repetition": self.repetition / self.n,
-                "distinct_2": self.distinct_2 / self.n_distinct_2 if self.n_distinct_2 else None,
-                "hit_limit": self.hit_limit / self.n_limit if self.n_limit else None}
+        return {"records": self.records, **{name: self.sums[name] / self.counts[name] if self.counts[name] else None
+                                            for name in self.FIELDS}}
 
 
 def group_summaries(records: Iterable[Record]) -> dict[tuple[str, str, int], dict]:
@@ -80,13 +81,14 @@ def _percent(value) -> str:
 
 def markdown_table(summaries: dict[tuple[str, str, int], dict]) -> str:
     """One row per setting; best order and Δmax come from complete order sets only (`incomplete` = records left
-    out). Quality columns (mean repetition, distinct-2, % stopped by the token limit) when records carry them."""
+    out). Quality columns when records carry them: mean repetition, distinct-2, % stopped by the token limit, and
+    fluency (mean log-probability per token under the unsteered model, from `steer-eval score`)."""
     with_quality = any(s.get("quality") for s in summaries.values())
     header = ("| control | mode | k | n | combos | acc seen | acc unseen | acc all | best order | Δmax mean | Δmax max "
               "| incomplete |")
     rule = "|---|---|---|---|---|---|---|---|---|---|---|---|"
     if with_quality:
-        header, rule = header + " repetition | distinct-2 | at limit % |", rule + "---|---|---|"
+        header, rule = header + " repetition | distinct-2 | at limit % | fluency |", rule + "---|---|---|---|"
     lines = [header, rule]
     for (control, mode, k), s in summaries.items():
         a = s["all"]
@@ -97,7 +99,8 @@ def markdown_table(summaries: dict[tuple[str, str, int], dict]) -> str:
                f"{a.get('incomplete_records', 0)} |")
         if with_quality:
             q = s.get("quality") or {}
-            row += f" {_fraction(q.get('repetition'))} | {_fraction(q.get('distinct_2'))} | {_percent(q.get('hit_limit'))} |"
+            row += (f" {_fraction(q.get('repetition'))} | {_fraction(q.get('distinct_2'))} | "
+                    f"{_percent(q.get('hit_limit'))} | {_fraction(q.get('fluency'))} |")
         lines.append(row)
     return "\n".join(lines)
 

@@ -50,9 +50,9 @@ def test_summaries_average_quality_once_per_record_and_round_trip():
     assert Record.from_json(json.loads(json.dumps(records[0].to_json()))).quality == records[0].quality
     quality = group_summaries(records)[("text", "-", 1)]["quality"]
     assert quality == {"records": 2, "repetition": pytest.approx(0.5), "distinct_2": pytest.approx(0.6),
-                       "hit_limit": 0.5}
+                       "hit_limit": 0.5, "fluency": None}
     table = markdown_table(group_summaries(records))
-    assert "repetition | distinct-2 | at limit % |" in table and "| 0.50 | 0.60 | 50.0 |" in table
+    assert "repetition | distinct-2 | at limit % | fluency |" in table and "| 0.50 | 0.60 | 50.0 | — |" in table
     assert "repetition" not in markdown_table(group_summaries([_record("p1", ["german"], True, {})]))
 
 
