@@ -18,14 +18,15 @@ from tqdm.auto import tqdm
 from steer_eval.errors import UserError
 from steer_eval.records import Record, iter_records
 
-SIDECAR_SUFFIX = ".fluency.jsonl"
+# Not ".jsonl": a folder of records is read as every *.jsonl in it, and scores are no records.
+SIDECAR_SUFFIX = ".fluency"
 
 
 def sidecar_path(source: str | Path) -> Path:
-    """`records.jsonl` -> `records.fluency.jsonl`; a folder (grid output) -> `<folder>/fluency.jsonl`."""
+    """`records.jsonl` -> `records.fluency` (JSON lines); a grid's folder -> the one of its `records.jsonl`."""
     source = Path(source)
     if source.is_dir():
-        return source / SIDECAR_SUFFIX.lstrip(".")
+        return source / ("records" + SIDECAR_SUFFIX)
     if source.name.endswith(".tar.gz"):
         return source.with_name(source.name.removesuffix(".tar.gz") + SIDECAR_SUFFIX)
     return source.with_name(source.stem + SIDECAR_SUFFIX)

@@ -33,7 +33,7 @@ def _independent_mean_logprob(backend, prompt, response):
 def test_scores_equal_an_independent_forward_pass_and_resume(tiny_hf, tmp_path):
     records = _records(tmp_path / "records.jsonl")
     sidecar = score_records(tmp_path / "records.jsonl", tiny_hf, batch_size=2, progress=False)
-    assert sidecar == sidecar_path(tmp_path / "records.jsonl") == tmp_path / "records.fluency.jsonl"
+    assert sidecar == sidecar_path(tmp_path / "records.jsonl") == tmp_path / "records.fluency"
     scores = read_scores(sidecar)
     for record in records[:2]:  # steering tokens and instructions play no part: the plain prompt only
         expected = _independent_mean_logprob(tiny_hf, record.request.prompt, record.response)
@@ -54,7 +54,7 @@ def test_scores_equal_an_independent_forward_pass_and_resume(tiny_hf, tmp_path):
 
 def test_scores_of_another_model_are_refused(tiny_hf, tmp_path):
     _records(tmp_path / "records.jsonl")
-    (tmp_path / "records.fluency.jsonl").write_text(json.dumps({"key": "x", "fluency": -1.0, "scorer": "abc/float32"})
+    (tmp_path / "records.fluency").write_text(json.dumps({"key": "x", "fluency": -1.0, "scorer": "abc/float32"})
                                                      + "\n")
     with pytest.raises(UserError, match="fluency scores of another model"):
         score_records(tmp_path / "records.jsonl", tiny_hf, progress=False)
