@@ -7,6 +7,7 @@ from typing import Iterable, NamedTuple
 
 from steer_eval.analysis import summarize
 from steer_eval.errors import UserError
+from steer_eval.quality import measure
 from steer_eval.records import Record
 
 
@@ -46,6 +47,14 @@ class _QualitySums:
                                             for name in self.FIELDS}}
 
 
+def _measured(record: Record) -> dict:
+    """Quality of a record written before records carried it (not of simulated text): the fields a response
+    alone gives; tokens and the limit need the model's tokenizer."""
+    if record.scorer.get("scorer") not in (None, "steer_eval.scoring.verify"):
+        return {}
+    return measure(record.response)
+
+
 def group_summaries(records: Iterable[Record]) -> dict[tuple[str, str, int], dict]:
     """Summaries per (control method, mode, k), in one pass over the records (a stream is fine); a record is
     counted once even if a file holds it twice; records of two runs in one setting are refused. Each summary
@@ -65,7 +74,7 @@ def group_summaries(records: Iterable[Record]) -> dict[tuple[str, str, int], dic
                 shared.setdefault(record.behaviors, record.behaviors),
                 shared.setdefault(record.prompt_id, record.prompt_id),
                 record.followed, shared.setdefault(verdicts, dict(verdicts)))
-            quality[key].add(record.quality)
+            quality[key].add(record.quality or _measured(record))
         runs[key].add(record.run)
     for key, run_ids in runs.items():
         if len(run_ids) > 1:

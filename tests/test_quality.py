@@ -53,7 +53,10 @@ def test_summaries_average_quality_once_per_record_and_round_trip():
                        "hit_limit": 0.5, "fluency": None}
     table = markdown_table(group_summaries(records))
     assert "repetition | distinct-2 | at limit % | fluency |" in table and "| 0.50 | 0.60 | 50.0 | — |" in table
-    assert "repetition" not in markdown_table(group_summaries([_record("p1", ["german"], True, {})]))
+    legacy = _record("p1", ["german"], True, {})  # written before quality: measured from its response ("r")
+    assert group_summaries([legacy])[("text", "-", 1)]["quality"]["repetition"] == 0.0
+    simulated = Record(legacy.request, "r", {"german": True}, {"scorer": "steer_eval.backends.simulate"}, {})
+    assert "repetition" not in markdown_table(group_summaries([simulated]))  # simulated text has no quality
 
 
 def test_plot_leaves_out_empty_panels_and_has_one_legend(tmp_path):
