@@ -48,10 +48,15 @@ metadata:
 """
 
 
+# Quality next to accuracy (steer_eval.quality): repetition and distinct-2 of every response.
+QUALITY_METRICS = (_metric("repetition", "mean", "false")
+                   + _metric("distinct_2", "!function utils.mean_where_applicable", "true"))
+
+
 def _template(process_results: str, metrics: str) -> str:
     return (HEADER + "include: _base_template_yaml\n"
             f"process_results: !function utils.{process_results}\n"
-            "metric_list:\n" + _metric("accuracy", "mean", "true") + metrics)
+            "metric_list:\n" + _metric("accuracy", "mean", "true") + QUALITY_METRICS + metrics)
 
 
 def _task(name: str, template: str, tag: str | None = None) -> str:
@@ -61,7 +66,7 @@ def _task(name: str, template: str, tag: str | None = None) -> str:
 
 def _group(k: int) -> str:
     subtasks = "".join(f"  - compose_{k}_{split}\n" for split in SPLITS)
-    metrics = ["accuracy"] + (["best_order_accuracy", "order_variance"] if k > 1 else [])
+    metrics = ["accuracy", "repetition"] + (["best_order_accuracy", "order_variance"] if k > 1 else [])
     aggregate = "".join(f"  - metric: {m}\n    weight_by_size: true\n" for m in metrics)
     return (HEADER + f"# compose_{k}: every order of {k}-behaviour combinations, split by seen/unseen combinations.\n"
             "# Per-category accuracy and order_variance_max are reported per subtask only: a size-weighted\n"

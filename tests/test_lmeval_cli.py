@@ -145,10 +145,12 @@ def test_console_scripts_run_steering_and_stock_models_on_the_same_tasks(tiny_mo
             "--output_path", str(tmp_path / "steering"), *common, cwd=tmp_path)
     results, samples = results_of(tmp_path / "steering")
     seen = results["results"]["compose_2_seen"]
-    for metric in ("accuracy", "acc_language", "best_order_accuracy", "order_variance", "order_variance_max"):
+    for metric in ("accuracy", "acc_language", "best_order_accuracy", "order_variance", "order_variance_max",
+                   "repetition"):
         assert_unit_interval(seen[f"{metric},none"])
     assert (seen["control_method,none"], seen["mode,none"]) == ("hybrid", "composition")
     assert_unit_interval(results["groups"]["compose_2"]["order_variance,none"])
+    assert_unit_interval(results["groups"]["compose_2"]["repetition,none"])
     assert_unit_interval(results["results"]["steer_german"]["accuracy,none"])
     first, second = samples["compose_2_seen"]
     assert first["doc"]["behaviors"] == second["doc"]["behaviors"][::-1]  # both orders of one combination

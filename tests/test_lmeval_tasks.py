@@ -120,6 +120,9 @@ def test_score_records_verdicts_and_setting():
     values = tasks.score(doc, response, per_category=True, orders=True)
     assert values["accuracy"] == 1.0 and values["acc_language"] == 1.0 and values["acc_length"] == 1.0
     assert values["acc_format"] is None
+    assert values["repetition"] == 0.0  # no word of it repeats
+    assert values["distinct_2"] == 1.0
+    assert tasks.score(doc, "la cidade de la cidade de la cidade")["repetition"] == 1.0
     assert (values["control_method"], values["mode"]) == ("hybrid", "concatenation")
     assert values["order_variance"] == {"behaviors": doc["behaviors"], "prompt_id": doc["prompt_id"], "followed": True}
     assert tasks.score(doc, "plain text")["control_method"] == "text"  # a stock model read the instructions

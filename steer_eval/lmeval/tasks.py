@@ -31,6 +31,7 @@ from steer_eval.behaviors import (
     is_seen_combination,
 )
 from steer_eval.prompts import Prompt, bundled_prompts
+from steer_eval.quality import measure
 from steer_eval.scoring import scorer_spec, verify
 
 PARAPHRASE_SEED = 0
@@ -130,7 +131,9 @@ def score(doc: Mapping, response: str, *, per_category: bool = False, orders: bo
     """
     verdict = verify(doc["behaviors"], response)
     setting = getattr(response, "setting", STOCK_SETTING)
+    quality = measure(response)
     values = {"accuracy": float(verdict.followed),
+              "repetition": quality["repetition"], "distinct_2": quality["distinct_2"],
               "control_method": setting["control_method"], "mode": setting["mode"],
               "scorer": scorer_spec(doc["behaviors"]), "steering_tokens": setting.get("steering_tokens", {})}
     if per_category:
