@@ -1,4 +1,4 @@
-"""The `steer-eval` command line: behaviours, verify, models fetch, generate, infer, grid, analyze.
+"""The `steer-eval` command line: behaviours, verify, models fetch, generate, infer, grid, analyze, tokens, compare.
 
 The library never imports this module. Every problem a user can fix is a `UserError`: one line on stderr, exit 2.
 """
@@ -46,6 +46,9 @@ def _add_generation_options(parser: argparse.ArgumentParser, backend_default: st
                         help="what the model computes in (auto: vLLM-CPU runs fp32 checkpoints in bf16)")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive,
                         default=DEFAULT_HF_BATCH_SIZE, help="HF backend only (vLLM schedules its own batches)")
+    parser.add_argument("--engine-log", "--engine_log", dest="engine_log", default=None, metavar="FILE",
+                        help="vLLM only: where the engine's log lines go ('-': stderr; default: engine.log beside "
+                             "the records, else $STEER_EVAL_HOME/logs/vllm-engine.log)")
 
 
 def _add_steering_options(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="print the summaries as JSON")
     analyze.add_argument("--rejudge", action="store_true",
                          help="judge every response again with this version's verifiers before summarising")
+    _add_inspection_commands(commands)
+    _add_judge_command(commands)
+    score = commands.add_parser("score", help="fluency of every response under the unsteered model (resumable)")
+    score.add_argument("records", help="a records JSONL file, a folder of them (grid output) or a .tar.gz")
+    score.add_argument("--model", default=None, help="the base model (default: the one the records name)")
+    score.add_argument("--output", default=None,
+                       help="scores file (default: beside the records, <name>.fluency; analyze reads it)")
+    _add_generation_options(score, backend_default="hf", backends=("hf", "vllm"))
     return parser
 
 
@@ -139,9 +150,20 @@ def _backend_spec(args, model: str):
     tensor_parallel = getattr(args, "tensor_parallel_size", 1)
     options = {"hf": {"batch_size": args.batch_size}, "simulate": {"delay": getattr(args, "delay", 0.0)},
                "vllm": {"tensor_parallel_size": tensor_parallel} if tensor_parallel > 1 else {}}[args.backend]
+    if args.backend == "vllm":
+        options = {**options, "engine_log": args.engine_log or _engine_log_beside_records(args)}
     if args.dtype != "auto" and args.backend != "simulate":
         options = {**options, "dtype": args.dtype}
     return BackendSpec(args.backend, model, args.tokens_dir, options)
+
+
+def _engine_log_beside_records(args) -> str | None:
+    # Absolute: Ray actors need not share this process's working directory.
+    if getattr(args, "output_dir", None):
+        return str((Path(args.output_dir) / "engine.log").resolve())
+    if getattr(args, "output", None):
+        return str(Path(args.output).resolve().with_name("engine.log"))
+    return None  # the backend's default under $STEER_EVAL_HOME
 
 
 def _generation_config(args):
@@ -175,6 +197,14 @@ def run(args) -> int:
         return _analyze(args)
     if args.command == "generate":
         return _generate(args)
+    if args.command == "tokens":
+        return _tokens(args)
+    if args.command == "compare":
+        return _compare(args)
+    if args.command == "score":
+        return _score(args)
+    if args.command == "judge":
+        return _judge(args)
     return _infer(args)
 
 
@@ -296,13 +326,33 @@ class _JudgeCount:
             yield record
 
 
+def _score(args) -> int:
+    from steer_eval.fluency import score_records
+    from steer_eval.records import iter_records
+
+    model = args.model or next((r.model for r in iter_records(args.records) if r.model), DEFAULT_MODEL)
+    backend = _backend_spec(args, model).build()
+    try:
+        path = score_records(args.records, backend, args.output, batch_size=args.batch_size)
+    finally:
+        backend.shutdown()
+    print(f"fluency scores written to {path}; `steer-eval analyze {args.records}` shows them", file=sys.stderr)
+    return 0
+
+
 def _analyze(args) -> int:
     from steer_eval.records import iter_records
     from steer_eval.report import group_summaries, markdown_table, plot
     from steer_eval.scoring import SCORER_VERSION
 
+    from steer_eval.fluency import read_scores, sidecar_path, with_fluency
+
     count = _JudgeCount()
     records = iter_records(args.records)
+    fluency = read_scores(sidecar_path(args.records))
+    if fluency:
+        print(f"steer-eval: fluency scores from {sidecar_path(args.records)}", file=sys.stderr)
+        records = with_fluency(records, fluency)
     summaries = group_summaries(count.rejudged(records) if args.rejudge else count.counted(records))
     if args.rejudge:
         print(f"steer-eval: re-judged {count.records} records with scorer version {SCORER_VERSION}; "
@@ -319,6 +369,99 @@ def _analyze(args) -> int:
         print(markdown_table(summaries))
     if args.plot:
         print(f"plot written to {plot(summaries, args.plot)}", file=sys.stderr)
+    return 0
+
+
+def _add_inspection_commands(commands) -> None:
+    tokens = commands.add_parser("tokens", help="inspect steering tokens: list, pca, nearest, cosine")
+    tokens_commands = tokens.add_subparsers(dest="tokens_command", required=True)
+    what = {"list": "every token: norm (vs the embedding rows' mean norm), category, training summary",
+            "pca": "PNG: the tokens on their top two principal axes, by category, vocabulary behind them",
+            "nearest": "the vocabulary tokens nearest (cosine) to each steering token",
+            "cosine": "cosine similarities between the tokens: printed, and a heatmap PNG"}
+    for name, help_text in what.items():
+        command = tokens_commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--model", default=DEFAULT_MODEL, help="embedded model name or local model folder")
+        command.add_argument("--tokens-dir", "--tokens_dir", dest="tokens_dir", default=None,
+                             help="folder holding <name>/vector.safetensors (default: models/<MODEL>/steering_tokens)")
+        if name in ("list", "nearest"):
+            command.add_argument("--json", action="store_true")
+        if name in ("pca", "cosine"):
+            command.add_argument("--out", required=True, metavar="FILE.png")
+    tokens_commands.choices["nearest"].add_argument("--k", type=_positive, default=10)
+    tokens_commands.choices["pca"].add_argument("--vocabulary-points", type=_non_negative, default=3000,
+                                                help="vocabulary rows drawn behind the tokens (0: none)")
+
+    compare = commands.add_parser("compare", help="several runs side by side: a markdown table and plots")
+    compare.add_argument("runs", nargs="+", metavar="RUN",
+                         help="records of a run: a JSONL file, a folder of them or a .tar.gz")
+    compare.add_argument("--name", action="append", default=None,
+                         help="a name per RUN, in order (default: its file or folder name)")
+    compare.add_argument("--out", required=True, metavar="DIR", help="comparison.md and the PNGs go here")
+    compare.add_argument("--rejudge", action="store_true",
+                         help="judge every response again with this version's verifiers before comparing")
+
+
+def _tokens(args) -> int:
+    from steer_eval import token_tools
+
+    tokens = token_tools.load_token_set(args.model, args.tokens_dir)
+    if args.tokens_command == "list":
+        print(token_tools.list_json(tokens) if args.json else token_tools.list_markdown(tokens))
+    elif args.tokens_command == "nearest":
+        nearest = token_tools.nearest_tokens(tokens, args.k)
+        print(json.dumps({name: [{"id": i, "text": text, "cosine": round(cos, 4)} for i, text, cos in found]
+                          for name, found in nearest.items()}, indent=2, ensure_ascii=False) if args.json
+              else token_tools.nearest_markdown(nearest))
+    elif args.tokens_command == "pca":
+        print(f"plot written to {token_tools.write_pca(tokens, args.out, args.vocabulary_points)}", file=sys.stderr)
+    else:
+        matrix = token_tools.cosine_matrix(tokens.vectors)
+        print(token_tools.cosine_markdown(tokens.names, matrix))
+        summary = token_tools.and_orthogonality(tokens.names, matrix, tokens.metadata)
+        if summary:
+            print(f"\n{summary}")
+        print(f"plot written to {token_tools.write_cosine(tokens, args.out)}", file=sys.stderr)
+    return 0
+
+
+def _compare(args) -> int:
+    from steer_eval.compare import load_runs, write_comparison
+
+    runs = load_runs(args.runs, args.name, args.rejudge)
+    table, written = write_comparison(runs, args.out)
+    print(table)
+    print("written: " + ", ".join(str(path) for path in written), file=sys.stderr)
+    return 0
+
+
+def _add_judge_command(commands) -> None:
+    judge = commands.add_parser("judge", help="score response quality (relevance, fluency) with an LLM judge",
+                                description="Score each record's response with an LLM judge over an OpenAI-compatible "
+                                            "endpoint: LLM_JUDGE_BASE_URL, LLM_JUDGE_MODEL, LLM_JUDGE_API_KEY.")
+    judge.add_argument("records", help="a records JSONL file, a folder of them (grid output) or a .tar.gz")
+    judge.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8000/v1 (default: LLM_JUDGE_BASE_URL)")
+    judge.add_argument("--model", default=None, help="the judge model (default: LLM_JUDGE_MODEL)")
+    judge.add_argument("--concurrency", type=_positive, default=8, help="requests in flight at once")
+    judge.add_argument("--limit", type=_positive, default=None, help="only the first N records")
+    judge.add_argument("--timeout", type=float, default=60.0, help="seconds per request before it is retried")
+
+
+def _judge(args) -> int:
+    from steer_eval.judge import JudgeConfig, judge_records, summarize
+
+    config = JudgeConfig.from_environment(args.base_url, args.model, concurrency=args.concurrency,
+                                          timeout_s=args.timeout)
+    result = judge_records(args.records, config, limit=args.limit)
+    lines = ["| control | n scored | errors | relevance | fluency | combined |", "|---|---|---|---|---|---|"]
+    for method, s in summarize(result.rows).items():
+        means = " | ".join("-" if s[name] is None else f"{s[name]:.3f}" for name in ("relevance", "fluency",
+                                                                                    "combined"))
+        lines.append(f"| {method} | {s['n']} | {s['errors']} | {means} |")
+    print("\n".join(lines))
+    print(f"judged by {config.model}: {len(result.rows) - result.errors} scored, {result.errors} errors, "
+          f"{result.from_cache} from the cache, {result.requests} requests; scores in {result.scores_path}",
+          file=sys.stderr)
     return 0
 
 

@@ -159,3 +159,16 @@ def test_analyze_rejudge_refuses_simulated_records(tmp_path):
     records.write_text(json.dumps(_v1_record("p1", ["german"], "x", True, "steer_eval.backends.simulate")) + "\n")
     result = cli("analyze", str(records), "--rejudge", check=False)
     assert result.returncode == 2 and "simulated responses" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_score_then_analyze_shows_fluency_next_to_accuracy(tiny_model_dir, tmp_path):
+    out = tmp_path / "grid"
+    cli("grid", "--model", str(tiny_model_dir), "--backend", "hf", "--control-method", "text", "--k", "1",
+        "--combination", "spanish", "--num-prompts", "2", "--max-new-tokens", "4", "--output-dir", str(out))
+    scored = cli("score", str(out))
+    assert f"fluency scores written to {out / 'records.fluency'}" in scored.stderr
+    assert len((out / "records.fluency").read_text().splitlines()) == 2
+    summary = json.loads(cli("analyze", str(out), "--json").stdout)[0]
+    assert summary["quality"]["fluency"] < 0 and summary["quality"]["hit_limit"] is not None
+    assert cli("score", str(out)).returncode == 0  # resumed: nothing left to score
+    assert len((out / "records.fluency").read_text().splitlines()) == 2
