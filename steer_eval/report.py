@@ -49,7 +49,7 @@ class _QualitySums:
 
 def _measured(record: Record) -> dict:
     """Quality of a record written before records carried it (not of simulated text): the fields a response
-    alone gives; tokens and the limit need the model's tokenizer."""
+    alone gives; tokens and the limit need the model's tokenizer. A fluency score from a sidecar is kept."""
     if record.scorer.get("scorer") not in (None, "steer_eval.scoring.verify"):
         return {}
     return measure(record.response)
@@ -74,7 +74,8 @@ def group_summaries(records: Iterable[Record]) -> dict[tuple[str, str, int], dic
                 shared.setdefault(record.behaviors, record.behaviors),
                 shared.setdefault(record.prompt_id, record.prompt_id),
                 record.followed, shared.setdefault(verdicts, dict(verdicts)))
-            quality[key].add(record.quality or _measured(record))
+            measured = record.quality if "repetition" in record.quality else {**_measured(record), **record.quality}
+            quality[key].add(measured)
         runs[key].add(record.run)
     for key, run_ids in runs.items():
         if len(run_ids) > 1:
