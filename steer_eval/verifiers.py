@@ -15,7 +15,7 @@ import regex
 
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-from steer_eval.sentences import WORD, count_sentences, split_sentences
+from steer_eval.sentences import WORD, count_sentences, split_sentences  # noqa: F401 (split_sentences re-exported)
 
 _LETTER = regex.compile(r"[^\W\d_]")
 # Longer texts are judged on evenly spaced windows: the label of a long response is its majority language,
