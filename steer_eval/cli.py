@@ -7,30 +7,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from steer_eval.backends.spec import BACKENDS, DEFAULT_CHUNK_SIZE, DEFAULT_HF_BATCH_SIZE
+from steer_eval import cli_reports
 from steer_eval.behaviors import AND_TOKEN, BEHAVIORS
+from steer_eval.cli_types import non_negative, positive
 from steer_eval.errors import UserError, WorkerFailedError
 from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS
 from steer_eval.models import DEFAULT_MODEL
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def _add_generation_options(parser: argparse.ArgumentParser, backend_default: str, backends=BACKENDS) -> None:
@@ -38,14 +27,14 @@ def _add_generation_options(parser: argparse.ArgumentParser, backend_default: st
                         help="simulate: no model, fake responses and verdicts (for testing runs at scale)")
     parser.add_argument("--tokens-dir", "--tokens_dir", dest="tokens_dir", default=None,
                         help="folder holding <name>/vector.safetensors (default: models/<MODEL>/steering_tokens)")
-    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=_positive,
+    parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=positive,
                         default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0,
                         help="sampling seed; also picks the instruction paraphrases of text/hybrid control")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
                         help="what the model computes in (auto: vLLM-CPU runs fp32 checkpoints in bf16)")
-    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive,
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive,
                         default=DEFAULT_HF_BATCH_SIZE, help="HF backend only (vLLM schedules its own batches)")
     parser.add_argument("--engine-log", "--engine_log", dest="engine_log", default=None, metavar="FILE",
                         help="vLLM only: where the engine's log lines go ('-': stderr; default: engine.log beside "
@@ -89,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--data_path", "--data-path", dest="data_path", default="bundled",
                        help="JSON/JSONL prompt file, or 'bundled' for the bundled test split")
     infer.add_argument("--model_path", "--model-path", "--model", dest="model_path", default=DEFAULT_MODEL)
-    infer.add_argument("--limit", type=_positive, default=None, help="only the first N prompts")
+    infer.add_argument("--limit", type=positive, default=None, help="only the first N prompts")
     infer.add_argument("--output", default=None,
                        help="JSONL file for the records, with OUTPUT's manifest beside it (resumes if it exists)")
     infer.add_argument("--restart", action="store_true",
@@ -108,22 +97,22 @@ def build_parser() -> argparse.ArgumentParser:
                       choices=(1, 2, 3, 4), help="numbers of behaviours to compose")
     grid.add_argument("--combination", action="append", default=None, metavar="B1+B2",
                       help="only these combinations (repeatable), e.g. german+words_10_50")
-    grid.add_argument("--max-combinations", type=_positive, default=None, help="seeded subsample per k")
+    grid.add_argument("--max-combinations", type=positive, default=None, help="seeded subsample per k")
     grid.add_argument("--data_path", "--data-path", dest="data_path", default="bundled")
-    grid.add_argument("--num-prompts", "--num_samples", dest="num_prompts", type=_positive, default=50)
+    grid.add_argument("--num-prompts", "--num_samples", dest="num_prompts", type=positive, default=50)
     grid.add_argument("--output-dir", required=True,
                       help="records.jsonl and its manifest go here; the same command resumes")
     grid.add_argument("--restart", action="store_true",
                       help="move the folder's records aside (kept, renamed) and start over")
-    grid.add_argument("--actors", type=_non_negative, default=0, help="Ray actors, one backend each (0: in this process)")
+    grid.add_argument("--actors", type=non_negative, default=0, help="Ray actors, one backend each (0: in this process)")
     grid.add_argument("--address", default=None, help="Ray cluster address, e.g. auto (default: local Ray)")
-    grid.add_argument("--chunk-size", type=_positive, default=DEFAULT_CHUNK_SIZE, help="requests per backend call")
+    grid.add_argument("--chunk-size", type=positive, default=DEFAULT_CHUNK_SIZE, help="requests per backend call")
     grid.add_argument("--dry-run", action="store_true",
                       help="print the plan (evaluations per k and setting, tokens needed and missing, an estimate) "
                            "and exit without loading a model")
     grid.add_argument("--first-instruction", action="store_true",
                       help="text/hybrid: each behaviour's first instruction instead of a seeded paraphrase")
-    grid.add_argument("--tensor-parallel-size", "--tensor_parallel_size", dest="tensor_parallel_size", type=_positive,
+    grid.add_argument("--tensor-parallel-size", "--tensor_parallel_size", dest="tensor_parallel_size", type=positive,
                       default=1, help="vLLM only: GPUs per engine (each actor takes that many)")
     grid.add_argument("--delay", type=float, default=0.0,
                       help="simulate backend only: seconds per evaluation, standing in for generation time")
@@ -135,7 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="print the summaries as JSON")
     analyze.add_argument("--rejudge", action="store_true",
                          help="judge every response again with this version's verifiers before summarising")
-    from steer_eval import cli_reports  # here, not at the top: cli_reports imports this module
     cli_reports.add_inspection_commands(commands)
     cli_reports.add_judge_command(commands)
     score = commands.add_parser("score", help="fluency of every response under the unsteered model (resumable)")
@@ -174,7 +162,6 @@ def _generation_config(args):
 
 
 def run(args) -> int:
-    from steer_eval import cli_reports
     if args.command == "behaviors":
         rows = [{"id": b.id, "category": b.category, "unseen": b.unseen, "verifier": b.verifier,
                  "params": b.params, "description": b.description} for b in BEHAVIORS.values()]
@@ -340,6 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("steer-eval: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): point stdout at /dev/null so the exit flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

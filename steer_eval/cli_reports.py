@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from steer_eval.cli import _non_negative, _positive
+from steer_eval.cli_types import non_negative, positive
 from steer_eval.errors import UserError
 from steer_eval.models import DEFAULT_MODEL
 
@@ -82,8 +82,8 @@ def add_inspection_commands(commands) -> None:
             command.add_argument("--json", action="store_true")
         if name in ("pca", "cosine"):
             command.add_argument("--out", required=True, metavar="FILE.png")
-    tokens_commands.choices["nearest"].add_argument("--k", type=_positive, default=10)
-    tokens_commands.choices["pca"].add_argument("--vocabulary-points", type=_non_negative, default=3000,
+    tokens_commands.choices["nearest"].add_argument("--k", type=positive, default=10)
+    tokens_commands.choices["pca"].add_argument("--vocabulary-points", type=non_negative, default=3000,
                                                 help="vocabulary rows drawn behind the tokens (0: none)")
 
     compare = commands.add_parser("compare", help="several runs side by side: a markdown table and plots")
@@ -136,8 +136,8 @@ def add_judge_command(commands) -> None:
     judge.add_argument("records", help="a records JSONL file, a folder of them (grid output) or a .tar.gz")
     judge.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8000/v1 (default: LLM_JUDGE_BASE_URL)")
     judge.add_argument("--model", default=None, help="the judge model (default: LLM_JUDGE_MODEL)")
-    judge.add_argument("--concurrency", type=_positive, default=8, help="requests in flight at once")
-    judge.add_argument("--limit", type=_positive, default=None, help="only the first N records")
+    judge.add_argument("--concurrency", type=positive, default=8, help="requests in flight at once")
+    judge.add_argument("--limit", type=positive, default=None, help="only the first N records")
     judge.add_argument("--timeout", type=float, default=60.0, help="seconds per request before it is retried")
     judge.add_argument("--no-json-schema", dest="json_schema", action="store_false",
                        help="do not send response_format json_schema (for endpoints that reject it)")

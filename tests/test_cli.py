@@ -172,3 +172,9 @@ def test_score_then_analyze_shows_fluency_next_to_accuracy(tiny_model_dir, tmp_p
     assert summary["quality"]["fluency"] < 0 and summary["quality"]["hit_limit"] is not None
     assert cli("score", str(out)).returncode == 0  # resumed: nothing left to score
     assert len((out / "records.fluency").read_text().splitlines()) == 2
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    piped = subprocess.run(f"'{SCRIPT}' tokens list | head -1", shell=True, capture_output=True, text=True,
+                           timeout=300, executable="/bin/bash")
+    assert piped.stdout.startswith("19 steering tokens") and "Traceback" not in piped.stderr
