@@ -181,21 +181,10 @@ def run(args) -> int:
         from steer_eval.models import fetch
         print(fetch(args.name))
         return 0
-    if args.command == "grid":
-        return _grid(args)
-    if args.command == "analyze":
-        return cli_reports.analyze(args)
-    if args.command == "generate":
-        return _generate(args)
-    if args.command == "tokens":
-        return cli_reports.tokens(args)
-    if args.command == "compare":
-        return cli_reports.compare(args)
-    if args.command == "score":
-        return _score(args)
-    if args.command == "judge":
-        return cli_reports.judge(args)
-    return _infer(args)
+    commands = {"grid": _grid, "generate": _generate, "infer": _infer, "score": _score,
+                "analyze": cli_reports.analyze, "tokens": cli_reports.tokens, "compare": cli_reports.compare,
+                "judge": cli_reports.judge}
+    return commands[args.command](args)
 
 
 def _generate(args) -> int:

@@ -28,9 +28,9 @@ class _JudgeCount:
             yield fresh
 
     def counted(self, records):
-        from steer_eval.records import judged_by_current_scorer
+        from steer_eval.records import judged_by_older_verifiers
         for record in records:
-            self.stale += record.scorer.get("scorer") == "steer_eval.scoring.verify" and not judged_by_current_scorer(record)
+            self.stale += judged_by_older_verifiers(record)
             yield record
 
 

@@ -43,16 +43,15 @@ def _rows(path: Path) -> Iterator[dict]:
                 yield row
 
 
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        handle.seek(-1, 2)
+        return handle.read(1)
+
+
 def read_scores(path: str | Path) -> dict[str, float | None]:
     """Record key -> mean log-probability per token (None for an empty response)."""
     return {row["key"]: row.get("fluency") for row in _rows(Path(path))}
-
-
-def _check_scorer(path: Path, scorer: str) -> None:
-    other = next((row.get("scorer") for row in _rows(path) if row.get("scorer") != scorer), None)
-    if other is not None:
-        raise UserError(f"{path} holds fluency scores of another model ({other}, now {scorer}); give another "
-                        "--output, or move it away to score again")
 
 
 def with_fluency(records: Iterable[Record], scores: dict[str, float]) -> Iterator[Record]:
@@ -67,16 +66,19 @@ def score_records(source: str | Path, backend, output: str | Path | None = None,
     """Score every record of `source` not yet in the sidecar `output` (default: `sidecar_path(source)`)."""
     output = Path(output) if output else sidecar_path(source)
     scorer = backend.fingerprint  # the base model's weights and dtype: scores of two models never mix
-    _check_scorer(output, scorer)
-    done = set(read_scores(output))
+    stored = list(_rows(output))
+    other = next((row.get("scorer") for row in stored if row.get("scorer") != scorer), None)
+    if other is not None:
+        raise UserError(f"{output} holds fluency scores of another model ({other}, now {scorer}); give another "
+                        "--output, or move it away to score again")
+    done = {row["key"] for row in stored}
     todo = [record for record in iter_records(source) if record.key not in done]
     if not todo and not done:
         raise UserError(f"no records in {source}; give a records JSONL file, a folder of them or a .tar.gz")
     output.parent.mkdir(parents=True, exist_ok=True)
-    if output.is_file() and output.stat().st_size and not output.read_bytes().endswith(b"\n"):
-        with output.open("ab") as sink:
-            sink.write(b"\n")  # end a line a crash cut short, so the next score starts a line of its own
     with output.open("ab") as sink, tqdm(total=len(todo), desc="fluency", unit="record", disable=not progress) as bar:
+        if sink.tell() and _last_byte(output) != b"\n":
+            sink.write(b"\n")  # end a line a crash cut short, so the next score starts a line of its own
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             plain = [backend.assemble(record.request.prompt, [], control_method="text") for record in batch]

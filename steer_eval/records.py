@@ -20,7 +20,7 @@ import jsonlines
 import orjson
 
 from steer_eval.errors import RecordFileError
-from steer_eval.scoring import SCORER_VERSION, scorer_spec, verify
+from steer_eval.scoring import SCORER_NAME, SCORER_VERSION, scorer_spec, verify
 
 
 @dataclass(frozen=True)
@@ -124,13 +124,18 @@ class Record:
                    {k: v for k, v in row.items() if k not in _RECORD_FIELDS})
 
 
-def judged_by_current_scorer(record: Record) -> bool:
-    return record.scorer.get("scorer") == "steer_eval.scoring.verify" and record.scorer.get("version") == SCORER_VERSION
+def judged_by_verifiers(record: Record) -> bool:
+    """A real model's response judged by steer-eval's verifiers (of any version), not a simulated one."""
+    return record.scorer.get("scorer") in (None, SCORER_NAME)
+
+
+def judged_by_older_verifiers(record: Record) -> bool:
+    return record.scorer.get("scorer") == SCORER_NAME and record.scorer.get("version") != SCORER_VERSION
 
 
 def rejudge(record: Record) -> Record:
     """The record judged again by this checkout's verifiers (its response and behaviours are all they need)."""
-    if record.scorer.get("scorer") not in (None, "steer_eval.scoring.verify"):
+    if not judged_by_verifiers(record):
         raise RecordFileError(f"record {record.key} was judged by {record.scorer.get('scorer')} (simulated "
                               "responses), which has nothing to re-judge; re-judge records of a real model")
     return replace(record, per_behavior=verify(record.behaviors, record.response).per_behavior,

@@ -8,7 +8,7 @@ from typing import Iterable, NamedTuple
 from steer_eval.analysis import summarize
 from steer_eval.errors import UserError
 from steer_eval.quality import measure
-from steer_eval.records import Record
+from steer_eval.records import Record, judged_by_verifiers
 
 
 class _Outcome(NamedTuple):
@@ -50,9 +50,7 @@ class _QualitySums:
 def _measured(record: Record) -> dict:
     """Quality of a record written before records carried it (not of simulated text): the fields a response
     alone gives; tokens and the limit need the model's tokenizer. A fluency score from a sidecar is kept."""
-    if record.scorer.get("scorer") not in (None, "steer_eval.scoring.verify"):
-        return {}
-    return measure(record.response)
+    return measure(record.response) if judged_by_verifiers(record) else {}
 
 
 def group_summaries(records: Iterable[Record]) -> dict[tuple[str, str, int], dict]:

@@ -32,7 +32,7 @@ from steer_eval.models import model_label, resolve_model_path
 from steer_eval.records import Record, Request, append_records, decode_records, read_records, read_rows
 from steer_eval.run_identity import (RunIdentity, check_identity, exclusive, read_manifest, read_throughput,
                                      set_aside, write_manifest)
-from steer_eval.scoring import SCORER_VERSION
+from steer_eval.scoring import SCORER_NAME, SCORER_VERSION
 from steer_eval.tokens import TokenError, TokenStore, default_tokens_dir
 from steer_eval.workers import Chunk, InProcessWorkers, RayWorkers
 
@@ -97,7 +97,7 @@ def missing_tokens(spec: BackendSpec, names: set[str]) -> list[str]:
 
 
 def run_identity(spec: BackendSpec, config: GenerationConfig, tokens: set[str]) -> RunIdentity:
-    scorer = SIMULATED_SCORER if spec.simulated else {"scorer": "steer_eval.scoring.verify", "version": SCORER_VERSION}
+    scorer = SIMULATED_SCORER if spec.simulated else {"scorer": SCORER_NAME, "version": SCORER_VERSION}
     return RunIdentity(model_label(spec.model), spec.backend, spec.dtype, config.as_dict(), scorer,
                        token_fingerprints(spec, tokens))
 

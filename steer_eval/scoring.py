@@ -11,6 +11,7 @@ from steer_eval.verifiers import run_verifier
 # Bump when a verifier's rule changes: a run's verdicts are only comparable under one version.
 # 2: language-aware, linear-time sentences; `regex` word characters; strict JSON; <language ID change>.
 SCORER_VERSION = 2
+SCORER_NAME = "steer_eval.scoring.verify"  # what records judged by these verifiers name as their scorer
 
 
 @dataclass(frozen=True)
@@ -42,5 +43,5 @@ def _with_language(behavior: Behavior, language: str | None) -> dict:
 
 def scorer_spec(behaviors: Sequence[str]) -> dict:
     """Written next to every result so any number can be regenerated: which verifier, which parameters."""
-    return {"scorer": "steer_eval.scoring.verify", "version": SCORER_VERSION, "package_version": __version__,
+    return {"scorer": SCORER_NAME, "version": SCORER_VERSION, "package_version": __version__,
             "verifiers": [b.spec() for b in resolve(behaviors)]}
