@@ -9,9 +9,11 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
 
+from steer_eval.activation import ACTIVATION_METHODS, vector_name
 from steer_eval.behaviors import AND_TOKEN, Behavior, BehaviorError, resolve
 
-CONTROL_METHODS = ("steering", "text", "hybrid")
+TOKEN_METHODS = ("steering", "hybrid")  # steering tokens in the input; the only methods a mode applies to
+CONTROL_METHODS = ("steering", "text", "hybrid", *ACTIVATION_METHODS)
 MODES = ("composition", "concatenation", "native_and")
 if TYPE_CHECKING:
     import torch
@@ -29,14 +31,34 @@ class AssembledPrompt:
     control_method: str
     mode: str
     instruction: str | None  # the instruction text shown to the model, if any
+    activations: tuple[str, ...] = ()  # activation vectors added inside the model (caa/prosv), e.g. 'caa/german'
 
     @property
     def token_names(self) -> tuple[str, ...]:
         return tuple(name for _, name in self.slots)
 
+    @property
+    def vector_names(self) -> tuple[str, ...]:
+        """Every stored vector this input uses: steering tokens in slot order, then activation vectors."""
+        return self.token_names + self.activations
+
     def describe(self) -> dict:
         return {"behaviors": list(self.behaviors), "control_method": self.control_method, "mode": self.mode,
-                "steering": list(self.token_names), "instruction": self.instruction}
+                "steering": list(self.vector_names), "instruction": self.instruction}
+
+
+def uses_mode(control_method: str) -> bool:
+    """Only steering tokens are joined in a mode; instructions and activation vectors combine one way each."""
+    return control_method in TOKEN_METHODS
+
+
+def vector_names(behaviors: Sequence[str], control_method: str, mode: str) -> list[str]:
+    """The stored vectors a setting needs: its steering tokens (with <and>), or its activation vectors."""
+    if control_method in ACTIVATION_METHODS:
+        return [vector_name(control_method, b) for b in behaviors]
+    if control_method in TOKEN_METHODS:
+        return [item for item in steering_sequence(behaviors, mode) if not item.startswith(" ")]
+    return []
 
 
 def steering_sequence(behaviors: Sequence[str], mode: str) -> list[str]:
@@ -94,7 +116,8 @@ def assemble(prompt: str, behaviors: Sequence[str], tokenizer, *, control_method
     """Build the model input for one prompt.
 
     `instructions` overrides the paraphrase choice (one per behaviour); otherwise `paraphrase_seed` picks them.
-    Text instructions follow the prompt after a blank line; in hybrid, the steering tokens come first.
+    Text instructions follow the prompt after a blank line; in hybrid, the steering tokens come first. CAA and
+    PrOSV read the plain prompt; the backend adds their vectors inside the model.
     """
     _check_choice("control method", control_method, CONTROL_METHODS)
     _check_choice("mode", mode, MODES)
@@ -115,7 +138,7 @@ def assemble(prompt: str, behaviors: Sequence[str], tokenizer, *, control_method
 
     ids = list(tokenizer.encode(before, add_special_tokens=False))
     slots: list[tuple[int, str]] = []
-    if control_method in ("steering", "hybrid"):
+    if control_method in TOKEN_METHODS:
         placeholder = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else 0
         for item in steering_sequence([b.id for b in resolved], mode):
             if item.startswith(" "):
@@ -124,8 +147,10 @@ def assemble(prompt: str, behaviors: Sequence[str], tokenizer, *, control_method
                 slots.append((len(ids), item))
                 ids.append(placeholder)
     ids.extend(tokenizer.encode(after, add_special_tokens=False))
+    activations = tuple(vector_names([b.id for b in resolved], control_method, mode)
+                        if control_method in ACTIVATION_METHODS else ())
     return AssembledPrompt(tuple(ids), tuple(slots), prompt, tuple(b.id for b in resolved),
-                           control_method, mode, instruction)
+                           control_method, mode, instruction, activations)
 
 
 def embed(assembled: AssembledPrompt, embedding_weight: "torch.Tensor",

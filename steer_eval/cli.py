@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from steer_eval.assembly import CONTROL_METHODS, MODES
 from steer_eval.backends.spec import BACKENDS, DEFAULT_CHUNK_SIZE, DEFAULT_HF_BATCH_SIZE
 from steer_eval import cli_reports
 from steer_eval.behaviors import AND_TOKEN, BEHAVIORS
@@ -45,8 +46,9 @@ def _add_steering_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steering", nargs="+", default=[], metavar="T",
                         help=f"behaviours in order; put {AND_TOKEN} between them for composition")
     parser.add_argument("--control-method", "--control_method", dest="control_method",
-                        choices=("steering", "text", "hybrid"), default="steering")
-    parser.add_argument("--mode", choices=("composition", "concatenation", "native_and"), default=None)
+                        choices=CONTROL_METHODS, default="steering",
+                        help="caa/prosv: activation vectors from the token store (HF backend only)")
+    parser.add_argument("--mode", choices=MODES, default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,9 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     grid = commands.add_parser("grid", help="every order of every combination, on Ray actors or in-process")
     grid.add_argument("--model", "--model_path", dest="model", default=DEFAULT_MODEL)
     grid.add_argument("--control-method", "--control_method", dest="control_methods", nargs="+",
-                      choices=("steering", "text", "hybrid"), default=["steering"])
-    grid.add_argument("--mode", dest="modes", nargs="+", choices=("composition", "concatenation", "native_and"),
-                      default=["composition"])
+                      choices=CONTROL_METHODS, default=["steering"],
+                      help="caa/prosv: activation vectors from the token store (HF backend only)")
+    grid.add_argument("--mode", dest="modes", nargs="+", choices=MODES, default=["composition"])
     grid.add_argument("--k", "--token_combinations", dest="ks", nargs="+", type=int, default=[1, 2],
                       choices=(1, 2, 3, 4), help="numbers of behaviours to compose")
     grid.add_argument("--combination", action="append", default=None, metavar="B1+B2",

@@ -67,7 +67,7 @@ def analyze(args) -> int:
 
 
 def add_inspection_commands(commands) -> None:
-    tokens = commands.add_parser("tokens", help="inspect steering tokens: list, pca, nearest, cosine")
+    tokens = commands.add_parser("tokens", help="inspect steering tokens: list, pca, nearest, cosine; export-steered")
     tokens_commands = tokens.add_subparsers(dest="tokens_command", required=True)
     what = {"list": "every token: norm (vs the embedding rows' mean norm), category, training summary",
             "pca": "PNG: the tokens on their top two principal axes, by category, vocabulary behind them",
@@ -85,6 +85,15 @@ def add_inspection_commands(commands) -> None:
     tokens_commands.choices["nearest"].add_argument("--k", type=positive, default=10)
     tokens_commands.choices["pca"].add_argument("--vocabulary-points", type=non_negative, default=3000,
                                                 help="vocabulary rows drawn behind the tokens (0: none)")
+    export_help = "write the caa/<behaviour> vectors, summed, as the .pt file lm-eval's stock `steered` model reads"
+    export = tokens_commands.add_parser("export-steered", help=export_help, description=export_help)
+    export.add_argument("--behaviors", nargs="+", required=True, metavar="B", help="e.g. german words_10_50")
+    export.add_argument("--out", required=True, metavar="FILE.pt")
+    export.add_argument("--model", default=None,
+                        help="embedded model name or local model folder: the vectors are checked against its input "
+                             "embeddings (default: not checked; the store of the default model)")
+    export.add_argument("--tokens-dir", "--tokens_dir", dest="tokens_dir", default=None,
+                        help="folder holding caa/<behaviour>/ (default: models/<MODEL>/steering_tokens)")
 
     compare = commands.add_parser("compare", help="several runs side by side: a markdown table and plots")
     compare.add_argument("runs", nargs="+", metavar="RUN",
@@ -99,6 +108,8 @@ def add_inspection_commands(commands) -> None:
 def tokens(args) -> int:
     from steer_eval import token_tools
 
+    if args.tokens_command == "export-steered":
+        return export_steered(args)
     tokens = token_tools.load_token_set(args.model, args.tokens_dir)
     if args.tokens_command == "list":
         print(token_tools.list_json(tokens) if args.json else token_tools.list_markdown(tokens))
@@ -116,6 +127,45 @@ def tokens(args) -> int:
         if summary:
             print(f"\n{summary}")
         print(f"plot written to {token_tools.write_cosine(tokens, args.out)}", file=sys.stderr)
+    return 0
+
+
+def export_steered(args) -> int:
+    from pathlib import Path
+
+    from steer_eval.activation import vector_name
+    from steer_eval.behaviors import resolve
+    from steer_eval.caa import export_steered as write
+    from steer_eval.models import ModelError, model_label, resolve_model_path
+    from steer_eval.tokens import ModelIdentity, TokenError, TokenStore, default_tokens_dir
+
+    resolve(args.behaviors)  # unknown ids and conflicting pairs fail before any file is read
+    store = TokenStore(args.tokens_dir or default_tokens_dir(model_label(args.model or DEFAULT_MODEL)))
+    expected, folder = None, None
+    if args.model is not None:
+        from steer_eval.backends.extended_vocab import read_input_embeddings
+        folder = Path(resolve_model_path(args.model))
+        if not folder.is_dir():
+            raise ModelError(f"export-steered checks the vectors against a local model folder's input embeddings, "
+                             f"and {args.model!r} is not one; pass an embedded model name or a downloaded folder")
+        expected = ModelIdentity.of(model_label(args.model), read_input_embeddings(folder))
+    names = [vector_name("caa", b) for b in args.behaviors]
+    missing = [name for name in names if not store.has(name)]
+    if missing:
+        available = ", ".join(n for n in store.names() if n.startswith("caa/")) or "none"
+        raise TokenError(f"no CAA vector {', '.join(missing)} in {store.directory} (available: {available}); make "
+                         "it with trainers/caa.py or pass --tokens-dir with the folder that holds caa/<behaviour>/")
+    vectors = [store.load(name, expected) for name in names]
+    models = {(t.model.model_id, t.model.fingerprint) for t in vectors}
+    if len({fingerprint for _, fingerprint in models}) > 1:
+        raise TokenError(f"the vectors in {store.directory} were made for different models "
+                         f"({'; '.join(f'{m} (embedding fingerprint {f})' for m, f in sorted(models))}); export "
+                         "vectors of one model")
+    path = write(vectors, args.out).resolve()
+    pretrained = folder if folder is not None else f"<folder of {vectors[0].model.model_id}>"
+    print(path)
+    print(f"lm_eval --model steered --model_args pretrained={pretrained},steer_path={path} --tasks TASKS "
+          "--apply_chat_template")
     return 0
 
 

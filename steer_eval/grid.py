@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from steer_eval.assembly import FIRST_INSTRUCTION
+from steer_eval.assembly import FIRST_INSTRUCTION, uses_mode
 from steer_eval.behaviors import Behavior, compatible_combinations, resolve
 from steer_eval.errors import UserError
 from steer_eval.prompts import Prompt
@@ -64,8 +64,8 @@ class GridPlan:
             for combo in combinations_for(k, self.max_combinations, self.seed, self.only):
                 for order in itertools.permutations(b.id for b in combo):
                     for control_method in self.control_methods:
-                        # One behaviour has nothing to join, and text instructions are joined the same way in every mode.
-                        for mode in (self.modes if k > 1 and control_method != "text" else self.modes[:1]):
+                        # One behaviour has nothing to join; instructions and activation vectors join one way each.
+                        for mode in (self.modes if k > 1 and uses_mode(control_method) else self.modes[:1]):
                             yield Setting(order, control_method, mode)
 
     def __iter__(self) -> Iterator[Request]:

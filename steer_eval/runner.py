@@ -22,7 +22,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from steer_eval.assembly import steering_sequence
+from steer_eval.activation import ACTIVATION_METHODS
+from steer_eval.assembly import vector_names
 from steer_eval.backends.simulate import SIMULATED_SCORER
 from steer_eval.backends.spec import DEFAULT_CHUNK_SIZE, BackendSpec
 from steer_eval.behaviors import AND_TOKEN
@@ -43,7 +44,8 @@ RECORDS_FILE = "records.jsonl"
 class PlanScan:
     """What one streaming pass over the requests tells before anything runs."""
     count: int = 0
-    tokens: set[str] = field(default_factory=set)  # steering tokens the prompts need
+    tokens: set[str] = field(default_factory=set)  # steering tokens and activation vectors the prompts need
+    control_methods: set[str] = field(default_factory=set)
     prompts: dict[str, str] = field(default_factory=dict)  # prompt id -> text
     hashes: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # sorted key hashes
 
@@ -54,8 +56,7 @@ def scan(requests: Iterable[Request]) -> PlanScan:
     for request in requests:
         result.count += 1
         hashes.append(hash(request.key))
-        if request.control_method != "text":
-            settings.add((request.behaviors, request.mode))
+        settings.add((request.behaviors, request.control_method, request.mode))
         known = result.prompts.setdefault(request.prompt_id, request.prompt)
         if known != request.prompt:
             raise UserError(f"prompt id {request.prompt_id!r} names two different prompts; give every prompt its "
@@ -64,9 +65,16 @@ def scan(requests: Iterable[Request]) -> PlanScan:
     if len(result.hashes) != result.count:
         raise UserError("the same evaluation appears twice in one run (repeated prompt ids or settings); remove "
                         "the repetition")
-    result.tokens = {item for behaviors, mode in settings for item in steering_sequence(behaviors, mode)
-                     if not item.startswith(" ")}
+    result.tokens = {name for setting in settings for name in vector_names(*setting)}
+    result.control_methods = {control_method for _, control_method, _ in settings}
     return result
+
+
+def _check_backend_can_run(plan: PlanScan, spec: BackendSpec) -> None:
+    activation = sorted(plan.control_methods & set(ACTIVATION_METHODS))
+    if activation and spec.backend == "vllm":
+        raise UserError(f"control method {', '.join(activation)} adds vectors inside the model, which only the HF "
+                        "backend can do (vLLM has no per-request activation hook); run it with --backend hf")
 
 
 def token_fingerprints(spec: BackendSpec, names: set[str]) -> dict[str, str]:
@@ -79,8 +87,10 @@ def token_fingerprints(spec: BackendSpec, names: set[str]) -> dict[str, str]:
         available = ", ".join(store.names()) or "none"
         hint = (f"; composition mode needs a trained {AND_TOKEN} (or use mode concatenation or native_and)"
                 if AND_TOKEN in missing else "")
+        how = ("train them (trainers/train.py; caa/* vectors: trainers/caa.py, prosv/*: trainers/train_prosv.py)"
+               if any("/" in name for name in missing) else "train them (trainers/train.py)")
         raise TokenError(f"this run needs steering tokens {', '.join(missing)}, which {store.directory} lacks "
-                         f"(available: {available}){hint}; train them (trainers/train.py), pass --tokens-dir with "
+                         f"(available: {available}){hint}; {how}, pass --tokens-dir with "
                          "a folder that has them, choose behaviours that have tokens, or use --control-method text")
     return {name: store.load(name).fingerprint for name in sorted(names)}
 
@@ -183,6 +193,7 @@ def run(requests: Iterable[Request], spec: BackendSpec, config: GenerationConfig
     if iter(requests) is requests:  # a one-shot iterator cannot be streamed twice
         requests = list(requests)
     plan = scan(requests)
+    _check_backend_can_run(plan, spec)
     identity = run_identity(spec, config, plan.tokens)
     if output is None:
         results: dict[str, Record] = {}
@@ -244,6 +255,7 @@ def dry_run(requests: Iterable[Request], spec: BackendSpec, output: str | Path |
     """What `run` would do, without loading a model: evaluations planned and already recorded, tokens needed and
     missing, and a time estimate from the output's last measured rate."""
     plan = scan(requests)
+    _check_backend_can_run(plan, spec)
     done = 0
     path = Path(output) if output is not None else None
     if path is not None and path.is_file() and read_manifest(path) is not None:

@@ -1,5 +1,6 @@
-"""Held-out evaluation of steering tokens: text vs steering vs hybrid per behaviour, and for 2-behaviour
-compositions composition vs concatenation vs native_and vs text in both orders (trainers/evaluate_tokens.py).
+"""Held-out evaluation of steering tokens: text vs steering vs hybrid (and the CAA/PrOSV baselines) per behaviour,
+and for 2-behaviour compositions composition vs concatenation vs native_and vs text vs the baselines in both
+orders (trainers/evaluate_tokens.py).
 
 `plan()` lists the requests (they run through the one runner); `summarize()` re-judges the records with this
 checkout's verifiers and writes the tables (accuracy over orders then combinations, order variance on complete
@@ -15,14 +16,16 @@ from typing import Sequence
 
 from steer_eval.analysis import by_combination
 from steer_eval.analysis import summarize as aggregate
-from steer_eval.behaviors import BEHAVIORS, get_behavior, resolve
+from steer_eval.assembly import uses_mode
+from steer_eval.behaviors import BEHAVIORS, get_behavior, is_seen_combination, resolve
 from steer_eval.prompts import Prompt
 from steer_eval.records import Record, Request, iter_records, rejudge
 from steer_eval.scoring import scorer_spec
 
-SINGLE_METHODS = ("text", "steering", "hybrid")
+SINGLE_METHODS = ("text", "steering", "hybrid", "caa", "prosv")
 PAIR_CONDITIONS = (("text", "concatenation"), ("steering", "composition"), ("steering", "concatenation"),
-                   ("steering", "native_and"))
+                   ("steering", "native_and"), ("hybrid", "composition"), ("caa", "composition"),
+                   ("prosv", "composition"))
 
 
 def plan(prompts: Sequence[Prompt], singles: Sequence[str], pairs: Sequence[Sequence[str]],
@@ -46,6 +49,16 @@ def accuracy(records: Sequence[Record]) -> float:
     return sum(r.followed for r in records) / len(records) if records else float("nan")
 
 
+def quality(records: Sequence[Record]) -> dict:
+    """Mean repetition and distinct-2 of the responses (measured now for records written without them)."""
+    from steer_eval.quality import measure
+
+    measured = [r.quality or measure(r.response) for r in records]
+    distinct = [q["distinct_2"] for q in measured if q.get("distinct_2") is not None]
+    return {"repetition": sum(q["repetition"] for q in measured) / len(measured) if measured else float("nan"),
+            "distinct_2": sum(distinct) / len(distinct) if distinct else float("nan")}
+
+
 def summarize(folders: Sequence[str | Path], out: str | Path, split: str = "test") -> dict:
     """Judge every record again with this checkout's verifiers, tabulate, write table.json and table.md."""
     by_condition: dict[tuple, list[Record]] = {}
@@ -53,7 +66,7 @@ def summarize(folders: Sequence[str | Path], out: str | Path, split: str = "test
         for r in iter_records(folder):
             r = rejudge(r)
             pair = len(r.behaviors) > 1
-            condition = ("text" if r.control_method == "text" else f"{r.control_method}/{r.mode}") \
+            condition = (f"{r.control_method}/{r.mode}" if uses_mode(r.control_method) else r.control_method) \
                 if pair else r.control_method
             by_condition.setdefault((pair, condition), []).append(r)
 
@@ -62,7 +75,8 @@ def summarize(folders: Sequence[str | Path], out: str | Path, split: str = "test
         if not pair:
             for behavior in sorted({r.behaviors[0] for r in records}, key=list(BEHAVIORS).index):
                 subset = [r for r in records if r.behaviors[0] == behavior]
-                singles.setdefault(behavior, {})[method] = {"accuracy": accuracy(subset), "n": len(subset)}
+                singles.setdefault(behavior, {})[method] = {"accuracy": accuracy(subset), "n": len(subset),
+                                                            **quality(subset)}
     for row in singles.values():
         if "text" in row and "steering" in row and row["text"]["accuracy"]:
             row["steering_over_text"] = row["steering"]["accuracy"] / row["text"]["accuracy"]
@@ -75,7 +89,9 @@ def summarize(folders: Sequence[str | Path], out: str | Path, split: str = "test
         summary = aggregate(records)
         for group in ("seen", "unseen"):
             if summary[group]["combinations"]:
-                pairs_aggregate[f"{group}|{condition}"] = summary[group]
+                in_group = [r for r in records
+                            if is_seen_combination(get_behavior(b) for b in r.behaviors) == (group == "seen")]
+                pairs_aggregate[f"{group}|{condition}"] = {**summary[group], **quality(in_group)}
         for result in by_combination(records):
             entry = pairs.setdefault(result.combination, {"seen": result.seen, "conditions": {}})
             entry["conditions"][condition] = {"orders": result.order_accuracy, "mean": result.accuracy,
@@ -97,21 +113,65 @@ def _pct(value) -> str:
     return "–" if value is None or value != value else f"{100 * value:.1f}"
 
 
+# The paper's Table 1 rows: a method's single-behaviour column and its 2-behaviour condition.
+METHOD_ROWS = (("text instruction", "text", "text"), ("steering tokens, <and>", "steering", "steering/composition"),
+               ("steering tokens, concatenation", None, "steering/concatenation"),
+               ("steering tokens, native and", None, "steering/native_and"),
+               ("hybrid (tokens + instruction)", "hybrid", "hybrid/composition"), ("CAA", "caa", "caa"),
+               ("PrOSV", "prosv", "prosv"))
+
+
+def condition_name(method: str, mode: str) -> str:
+    return f"{method}/{mode}" if uses_mode(method) else method
+
+
+def _side_by_side(result: dict) -> list[str]:
+    """One row per method: mean single-behaviour accuracy and quality, seen/unseen pair accuracy, order Δ."""
+    present = {m for row in result["singles"].values() for m in row if m in SINGLE_METHODS}
+    # Only behaviours every method was run on, so each column averages the same behaviours and prompts.
+    singles = {b: row for b, row in result["singles"].items() if present <= row.keys()}
+    lines = [f"## Methods side by side (accuracy %; repetition 0–1, lower is better; singles: the {len(singles)} "
+             "behaviours every method was run on)", "",
+             "| method | singles | repetition | seen pairs | unseen pairs | mean Δ order (seen) | pair repetition |",
+             "|---|---|---|---|---|---|---|"]
+    for label, single, pair in METHOD_ROWS:
+        rows = [row[single] for row in singles.values() if single in row] if single else []
+        seen = result["pairs_aggregate"].get(f"seen|{pair}")
+        unseen = result["pairs_aggregate"].get(f"unseen|{pair}")
+        if not rows and not seen and not unseen:
+            continue
+        mean = (lambda key: sum(r[key] for r in rows) / len(rows)) if rows else (lambda key: None)
+        lines.append(f"| {label} | {_pct(mean('accuracy'))} | {_num(mean('repetition'))} | "
+                     f"{_pct(seen and seen['accuracy'])} | {_pct(unseen and unseen['accuracy'])} | "
+                     f"{_pct(seen and seen['order_variance'])} | {_num(seen and seen.get('repetition'))} |")
+    return lines + [""]
+
+
+def _num(value) -> str:
+    return "–" if value is None or value != value else f"{value:.2f}"
+
+
 def markdown(result: dict) -> str:
-    lines = [f"## Single behaviours (accuracy %, {result['split']} prompts)", "",
-             "| behaviour | n | text | steering | hybrid | steering / text |", "|---|---|---|---|---|---|"]
+    methods = [m for m in SINGLE_METHODS if any(m in row for row in result["singles"].values())]
+    lines = _side_by_side(result) + [
+        f"## Single behaviours (accuracy %, {result['split']} prompts; repetition in brackets)", "",
+        f"| behaviour | n | {' | '.join(methods)} | steering / text |", "|---|---|" + "---|" * (len(methods) + 1)]
     for b, row in result["singles"].items():
         n = next(iter(row.values()))["n"] if row else 0
-        cells = [_pct(row.get(m, {}).get("accuracy")) for m in SINGLE_METHODS]
+        cells = [f"{_pct(row[m]['accuracy'])} ({_num(row[m].get('repetition'))})" if m in row else "–"
+                 for m in methods]
         lines.append(f"| {b} | {n} | {' | '.join(cells)} | {_pct(row.get('steering_over_text'))} |")
     if result["pairs"]:
-        names = [f"{m}/{mode}" if m != "text" else "text" for m, mode in PAIR_CONDITIONS]
+        present = {name for combo in result["pairs"].values() for name in combo["conditions"]}
+        names = [n for n in (condition_name(m, mode) for m, mode in PAIR_CONDITIONS) if n in present]
         lines += ["", "## Two-behaviour compositions (accuracy % averaged over both orders; Δ = order difference)", "",
-                  "| group | condition | combinations | accuracy | mean Δ | max Δ |", "|---|---|---|---|---|---|"]
+                  "| group | condition | combinations | accuracy | mean Δ | max Δ | repetition |",
+                  "|---|---|---|---|---|---|---|"]
         for key, row in result["pairs_aggregate"].items():
             seen, condition = key.split("|")
             lines.append(f"| {seen} | {condition} | {row['combinations']} | {_pct(row['accuracy'])} | "
-                         f"{_pct(row['order_variance'])} | {_pct(row['order_variance_max'])} |")
+                         f"{_pct(row['order_variance'])} | {_pct(row['order_variance_max'])} | "
+                         f"{_num(row.get('repetition'))} |")
         lines += ["", "| combination | seen | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for key, combo in result["pairs"].items():
             cells = []

@@ -56,7 +56,9 @@ def load_token_set(model: str, tokens_dir: str | Path | None = None) -> TokenSet
                          "is not one; pass an embedded model name or a downloaded folder with --model")
     weight = read_input_embeddings(folder)
     store = TokenStore(tokens_dir or default_tokens_dir(model_label(model)))
-    names = _registry_order(store.names())
+    # Input-embedding tokens only: caa/prosv vectors live in the residual stream, where embedding norms, nearest
+    # vocabulary rows and the embedding PCA mean nothing.
+    names = _registry_order([name for name in store.names() if "/" not in name])
     if not names:
         raise TokenError(f"no steering tokens in {store.directory}; pass --tokens-dir with a folder holding "
                          "<name>/vector.safetensors and metadata.json")

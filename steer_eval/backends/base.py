@@ -31,6 +31,7 @@ class SteeringBackend(ABC):
     """A model with its tokenizer, input-embedding matrix and steering tokens; subclasses generate and score."""
 
     name = "base"
+    activation_steering = False  # can add caa/prosv vectors inside the model (the HF backend's hooks)
 
     def __init__(self, model_spec: str, tokenizer, embedding_weight: torch.Tensor, tokens_dir: str | Path | None):
         self.model_spec = model_spec
@@ -44,6 +45,10 @@ class SteeringBackend(ABC):
         return assemble(prompt, behaviors, self.tokenizer, **options)
 
     def vectors_for(self, prompts: Sequence[AssembledPrompt]) -> dict[str, torch.Tensor]:
+        if not self.activation_steering and any(p.activations for p in prompts):
+            methods = sorted({p.control_method for p in prompts if p.activations})
+            raise TokenError(f"control method {', '.join(methods)} adds vectors inside the model, which the "
+                             f"{self.name} backend cannot do (no per-request activation hook); use the HF backend")
         names = {name for p in prompts for name in p.token_names}
         missing = sorted(names - self._vectors.keys())
         if missing:

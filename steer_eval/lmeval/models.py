@@ -16,6 +16,7 @@ from collections import defaultdict
 from lm_eval.api.model import LM
 from lm_eval.utils import simple_parse_args_string
 
+from steer_eval.activation import ACTIVATION_METHODS
 from steer_eval.assembly import CONTROL_METHODS, MODES, AssembledPrompt, assemble, parse_steering
 from steer_eval.backends.spec import DEFAULT_HF_BATCH_SIZE, BackendSpec
 from steer_eval import __version__
@@ -97,6 +98,9 @@ class SteeringLM(LM):
         super().__init__()
         if control_method not in CONTROL_METHODS:
             raise BehaviorError(f"unknown control_method {control_method!r}; choose one of {', '.join(CONTROL_METHODS)}")
+        if control_method in ACTIVATION_METHODS and self.backend_name != "hf":
+            raise ModelArgsError(f"control_method={control_method} runs on steering_hf only (it adds vectors inside "
+                                 "the model, and vLLM has no per-request activation hook); use --model steering_hf")
         if mode is not None and mode not in MODES:
             raise BehaviorError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self.pretrained = str(backend.model_spec if backend is not None else pretrained)
@@ -202,7 +206,7 @@ class SteeringLM(LM):
 
     def _setting(self, prompt: AssembledPrompt) -> dict:
         return {**prompt.describe(), "backend": self.backend.name, "model": self.pretrained,
-                "steering_tokens": {name: self._fingerprint(name) for name in prompt.token_names}}
+                "steering_tokens": {name: self._fingerprint(name) for name in prompt.vector_names}}
 
     def generation_config(self, gen_kwargs: dict) -> GenerationConfig:
         """lm-eval's gen_kwargs (until, max_gen_toks, do_sample, temperature, top_p) as a GenerationConfig."""
@@ -226,13 +230,13 @@ class SteeringLM(LM):
     def _require_tokens(self, prompts: list[AssembledPrompt]) -> None:
         """Fail before any generation when a requested steering token is not in the store."""
         available = set(self.token_store.names())
-        missing = sorted({name for p in prompts for name in p.token_names} - available)
+        missing = sorted({name for p in prompts for name in p.vector_names} - available)
         if missing:
             raise TokenError(
                 f"these requests need steering tokens {', '.join(missing)}, which {self.token_store.directory} lacks "
                 f"(available: {', '.join(sorted(available)) or 'none'}); train them (trainers/train.py), pass "
                 "tokens_dir=<folder that has them>, evaluate tasks whose behaviours have tokens (e.g. steer_german), "
-                "or use control_method=text")
+                "or use control_method=text (caa/* vectors: trainers/caa.py, prosv/*: trainers/train_prosv.py)")
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         prompts = [self.assembled(request) for request in requests]

@@ -1,0 +1,140 @@
+"""PrOSV on the tiny random Llama: the vector reaches only the intended prompt positions, generation is unsteered
+after the prompt, the factor and direction get gradient, and the trainer's vectors load and steer."""
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from steer_eval.activation import Intervention, added_to_layers
+from steer_eval.generation import GenerationConfig
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPT = "Why is the sky blue?"
+LAYER, POSITIONS = 0, 3
+
+
+def _trainer():
+    spec = importlib.util.spec_from_file_location("train_prosv", REPO / "trainers" / "train_prosv.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _layer_outputs(model, ids, additions=(), prompt_ends=None):
+    captured = {}
+    with added_to_layers(model, additions, prompt_ends):
+        # Registered after the steering hook, so it sees the layer's output as the next layer will.
+        handles = [layer.register_forward_hook(lambda m, a, o, i=i: captured.__setitem__(i, o.detach().clone()))
+                   for i, layer in enumerate(model.model.layers)]
+        try:
+            logits = model(ids).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+    return captured, logits
+
+
+def test_prosv_changes_the_layer_output_only_at_the_last_prompt_positions(tiny_hf):
+    model = tiny_hf.model
+    prompt = tiny_hf.assemble(PROMPT, ["german"], control_method="prosv")
+    response = tiny_hf.tokenizer.encode(" Weil das Licht gestreut wird.", add_special_tokens=False)
+    ids = torch.tensor([list(prompt.input_ids) + response])
+    end = len(prompt.input_ids)
+    delta = torch.randn(1, model.config.hidden_size)
+    plain, plain_logits = _layer_outputs(model, ids)
+    steered, steered_logits = _layer_outputs(model, ids, [(Intervention("prosv", LAYER, POSITIONS, 1.0), delta)],
+                                             torch.tensor([end]))
+    difference = steered[LAYER] - plain[LAYER]
+    window = torch.zeros(ids.shape[1], dtype=torch.bool)
+    window[end - POSITIONS:end] = True
+    assert torch.allclose(difference[0, window], delta.expand(POSITIONS, -1), atol=1e-5)
+    assert torch.equal(difference[0, ~window], torch.zeros_like(difference[0, ~window]))
+    # Causal attention: nothing before the window can see it; the response after it does.
+    assert torch.equal(steered_logits[0, :end - POSITIONS], plain_logits[0, :end - POSITIONS])
+    assert not torch.allclose(steered_logits[0, end:], plain_logits[0, end:])
+
+
+def test_prosv_generation_steers_the_prompt_and_not_the_generated_tokens(tiny_hf, tmp_path):
+    """The backend's greedy output equals a hand-written loop: steered prefill, then unsteered decoding."""
+    from steer_eval.tokens import SteeringToken
+    model, tokenizer = tiny_hf.model, tiny_hf.tokenizer
+    direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    token = SteeringToken("prosv/german", direction, ("german",), tiny_hf.identity, {},
+                          Intervention("prosv", LAYER, POSITIONS, 40.0))
+    tiny_hf.use_activation_vectors([token])
+    prompt = tiny_hf.assemble(PROMPT, ["german"], control_method="prosv")
+    text = tiny_hf.generate([prompt], GenerationConfig(max_new_tokens=12), progress=False)[0]
+
+    ids = torch.tensor([prompt.input_ids])
+    with torch.no_grad():
+        with added_to_layers(model, [(token.intervention, 40.0 * direction.unsqueeze(0))]):
+            out = model(ids, use_cache=True)
+        cache, generated = out.past_key_values, [int(out.logits[0, -1].argmax())]
+        for _ in range(11):
+            out = model(torch.tensor([[generated[-1]]]), past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            generated.append(int(out.logits[0, -1].argmax()))
+    if tokenizer.eos_token_id in generated:
+        generated = generated[:generated.index(tokenizer.eos_token_id)]
+    assert text == tokenizer.decode(generated, skip_special_tokens=True)
+    plain = tiny_hf.generate([tiny_hf.assemble(PROMPT, [], control_method="text")],
+                             GenerationConfig(max_new_tokens=12), progress=False)[0]
+    assert text != plain  # the vector is strong enough to change the answer, so the identity above is not vacuous
+
+
+def test_factor_and_direction_receive_gradient(tiny_hf):
+    trainer = _trainer()
+    model = tiny_hf.model
+    directions = {"german": torch.nn.Parameter(torch.randn(model.config.hidden_size))}
+    factors = {"german": torch.nn.Parameter(torch.tensor(8.0))}
+    prompt = tiny_hf.assemble(PROMPT, ["german"], control_method="prosv")
+    ids = torch.tensor([prompt.input_ids])
+    deltas = trainer.student_deltas(directions, factors, ["german"])
+    with added_to_layers(model, [(Intervention("prosv", LAYER, POSITIONS, 1.0), deltas)],
+                         torch.tensor([len(prompt.input_ids)])):
+        loss = model(ids).logits[0, -1].log_softmax(-1)[0]
+    loss.backward()
+    assert factors["german"].grad is not None and factors["german"].grad.abs() > 0
+    assert directions["german"].grad is not None and directions["german"].grad.abs().sum() > 0
+
+
+def test_trainer_saves_vectors_the_backend_uses(tiny_model_dir, tmp_path):
+    from steer_eval.backends.hf import HFBackend
+    from steer_eval.tokens import TokenError, TokenStore
+    trainer = _trainer()
+    data = tmp_path / "german_train.json"
+    data.write_text(json.dumps([{"prompt": f"Tell me about rivers {i}", "response": "Flüsse sind lang.",
+                                 "behaviors": ["german"]} for i in range(6)]))
+    tokens = tmp_path / "tokens"
+    result = trainer.train(trainer.parse_args(["--model", str(tiny_model_dir), "--data", str(data), "--layer", "1",
+                                               "--tokens_dir", str(tokens), "--out_dir", str(tmp_path / "run"),
+                                               "--epochs", "2", "--batch_size", "4", "--temperature", "1",
+                                               "--log_every", "1"]))
+    saved = TokenStore(tokens).load("prosv/german")
+    assert saved.intervention == Intervention("prosv", 1, 4, saved.intervention.factor)
+    assert saved.intervention.factor != 8.0  # the factor was trained, not only the direction
+    assert saved.intervention.factor == pytest.approx(result["factors"]["german"].item())
+    assert torch.linalg.vector_norm(saved.vector).item() == pytest.approx(1.0, abs=1e-5)
+    assert saved.training_config["layer"] == 1 and saved.training_config["summary"]["steps"] == 4
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 4 and all("factors" in entry for entry in log)
+
+    backend = HFBackend(str(tiny_model_dir), tokens_dir=tokens, batch_size=2)
+    steered = backend.next_token_logits(backend.assemble(PROMPT, ["german"], control_method="prosv"))
+    plain = backend.next_token_logits(backend.assemble(PROMPT, [], control_method="text"))
+    assert not torch.allclose(steered, plain)
+    shutil.copytree(tokens / "prosv" / "german", tokens / "caa" / "german")  # a prosv vector where caa belongs
+    with pytest.raises(TokenError, match="holds a prosv activation vector"):
+        TokenStore(tokens).load("caa/german")
+
+
+def test_trainer_refuses_an_empty_selection(tiny_model_dir, tmp_path):
+    trainer = _trainer()
+    data = tmp_path / "german_train.json"
+    data.write_text(json.dumps([{"prompt": "x", "response": "y", "behaviors": ["german"]}]))
+    with pytest.raises(SystemExit, match="no training records"):
+        trainer.train(trainer.parse_args(["--model", str(tiny_model_dir), "--data", str(data),
+                                          "--behaviors", "spanish", "--out_dir", str(tmp_path / "run")]))

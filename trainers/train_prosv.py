@@ -1,0 +1,160 @@
+"""PrOSV baseline trainer: a prompt-only steering vector per behaviour, trained like the steering tokens.
+
+Same data, teacher and loss as `train.py --stage behaviour` (KL(teacher || student) at temperature T over the
+teacher's response, teacher = the frozen model reading a sampled instruction paraphrase). Only the student
+differs: it reads the *plain* prompt, and `factor * direction / |direction|` is added to the output of one decoder
+layer at the last `positions` prompt positions ("Towards Steering without Sacrifice": prompt-only steering vectors,
+direction and factor trained jointly, the factor with a moderately large initial value and learning rate). So a
+comparison with the tokens isolates where the control lives: input embeddings at the steering slots vs. the
+residual stream at the end of the prompt.
+
+    python trainers/train_prosv.py --data data/*/german_train.json --layer 10 --out_dir runs/prosv
+"""
+import argparse
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/train_prosv.py` from a checkout
+from steer_eval.activation import Intervention, added_to_layers, check_layer, decoder_layers, vector_name  # noqa: E402
+from steer_eval.assembly import assemble  # noqa: E402
+from steer_eval.behaviors import BehaviorError  # noqa: E402
+from steer_eval.models import load_model, model_label  # noqa: E402
+from steer_eval.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore, default_tokens_dir  # noqa: E402
+
+
+def _distillation():
+    """trainers/train.py's data and loss functions (one implementation of the objective)."""
+    spec = importlib.util.spec_from_file_location("steer_eval_trainer", Path(__file__).with_name("train.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+distill = _distillation()
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data", nargs="+", required=True, help="single-behaviour files from build_data.py")
+    parser.add_argument("--behaviors", nargs="*", default=[], help="train only these (default: all in the data)")
+    parser.add_argument("--tokens_dir", default=None, help="store to write prosv/<behaviour> into")
+    parser.add_argument("--out_dir", default="runs/prosv")
+    parser.add_argument("--layer", type=int, default=None, help="decoder layer (default: the middle one)")
+    parser.add_argument("--positions", type=int, default=4, help="last N prompt positions steered")
+    parser.add_argument("--factor_init", type=float, default=8.0)
+    parser.add_argument("--factor_lr", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=5e-3, help="learning rate of the direction")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=10.0)
+    parser.add_argument("--warmup_frac", type=float, default=0.1)
+    parser.add_argument("--grad_clip", type=float, default=1.0)
+    parser.add_argument("--max_response_tokens", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--log_every", type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.positions < 1:
+        parser.error("--positions must be at least 1 (a prompt-only vector steers some prompt positions)")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except (BehaviorError, TokenError) as error:
+        sys.exit(f"train_prosv.py: error: {error}")
+
+
+def student_deltas(directions, factors, behaviors):
+    """(batch, hidden): factor_b * direction_b / |direction_b| for each example's behaviour."""
+    return torch.stack([factors[b] * directions[b] / directions[b].norm() for b in behaviors])
+
+
+def train(args) -> dict:
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    use_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    torch.manual_seed(args.seed)
+    model, tokenizer = load_model(args.model, device=device, dtype="float32")
+    layer = len(decoder_layers(model)) // 2 if args.layer is None else args.layer
+    check_layer(model, layer)
+    embedding_weight = model.get_input_embeddings().weight
+    identity = ModelIdentity.of(model_label(args.model), embedding_weight)
+    store = TokenStore(args.tokens_dir or default_tokens_dir(model_label(args.model)))
+
+    records = distill.load_records(args.data)
+    if args.behaviors:
+        records = [r for r in records if r["behaviors"][0] in args.behaviors]
+    examples = distill.make_examples(records, tokenizer, "behaviour", args.max_response_tokens)
+    if not examples:
+        sys.exit("train_prosv.py: error: no training records for the behaviours asked for; check --data and --behaviors")
+    students = [assemble(e.prompt, e.behaviors, tokenizer, control_method="prosv") for e in examples]
+    names = sorted({e.behaviors[0] for e in examples})
+    generator = torch.Generator().manual_seed(args.seed)
+    directions = {b: torch.nn.Parameter(torch.randn(model.config.hidden_size, generator=generator).to(device))
+                  for b in names}
+    factors = {b: torch.nn.Parameter(torch.tensor(args.factor_init, device=device)) for b in names}
+    optimizer = torch.optim.AdamW([{"params": list(directions.values()), "lr": args.lr, "weight_decay": 0.0},
+                                   {"params": list(factors.values()), "lr": args.factor_lr, "weight_decay": 0.0}])
+    steps_per_epoch = math.ceil(len(examples) / args.batch_size)
+    total = steps_per_epoch * args.epochs
+    warmup = max(1, math.ceil(args.warmup_frac * total))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup
+                                                  else max(0.0, (total - s) / max(1, total - warmup)))
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = (out_dir / "log.jsonl").open("w", encoding="utf-8")
+    print(f"prosv: {len(examples)} examples, vectors {names}, layer {layer}, last {args.positions} prompt "
+          f"positions, {total} steps, device {device}, bf16 {use_bf16}", flush=True)
+
+    started, step = time.time(), 0
+    for step in tqdm(range(total), desc="train prosv"):
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        order = distill.epoch_order(len(examples), args.seed, epoch)
+        indices = order[in_epoch * args.batch_size:(in_epoch + 1) * args.batch_size]
+        batch = [examples[i] for i in indices]
+        teachers = [distill.teacher_prompt(e, tokenizer, distill.example_rng(args.seed, epoch, i))
+                    for e, i in zip(batch, indices)]
+        with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16):
+            teacher = distill.response_logits(model, *distill.pack(teachers, batch, embedding_weight, {}))
+        student_prompts = [students[i] for i in indices]
+        deltas = student_deltas(directions, factors, [e.behaviors[0] for e in batch])
+        ends = torch.tensor([len(p.input_ids) for p in student_prompts], device=device)
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16), \
+                added_to_layers(model, [(Intervention("prosv", layer, args.positions, 1.0), deltas)], ends):
+            student = distill.response_logits(model, *distill.pack(student_prompts, batch, embedding_weight, {}))
+        loss = distill.distillation_loss(teacher, student, args.temperature)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([*directions.values(), *factors.values()], args.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if (step + 1) % args.log_every == 0 or step + 1 == total:
+            log.write(json.dumps({"step": step + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+                                  "factors": {b: round(f.item(), 4) for b, f in factors.items()}}) + "\n")
+            log.flush()
+    log.close()
+
+    summary = {"steps": total, "examples": len(examples), "device": device, "bf16": use_bf16,
+               "seconds": round(time.time() - started, 1), "final_loss": loss.item()}
+    config = {**vars(args), "layer": layer, "summary": summary}
+    for b in names:
+        direction = (directions[b] / directions[b].norm()).detach().float().cpu()
+        store.save(SteeringToken(vector_name("prosv", b), direction, (b,), identity, config,
+                                 Intervention("prosv", layer, args.positions, float(factors[b].item()))))
+    (out_dir / "summary.json").write_text(json.dumps(config, indent=2))
+    print(f"saved prosv/{{{','.join(names)}}} to {store.directory}: {json.dumps(summary)}", flush=True)
+    return {"directions": directions, "factors": factors, "layer": layer, "store": store, "summary": summary}
+
+
+if __name__ == "__main__":
+    main()
