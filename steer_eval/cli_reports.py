@@ -165,7 +165,7 @@ def export_steered(args) -> int:
     pretrained = folder if folder is not None else f"<folder of {vectors[0].model.model_id}>"
     print(path)
     print(f"lm_eval --model steered --model_args pretrained={pretrained},steer_path={path} --tasks TASKS "
-          "--apply_chat_template")
+          "--apply_chat_template --metadata '{\"prompt_only\": true}'")
     return 0
 
 

@@ -280,7 +280,7 @@ def test_cli_export_steered(caa, tiny_model_dir, tmp_path):
                           3.0 * tokens["german"].vector - 2.0 * tokens["words_10_50"].vector)
     assert str(out.resolve()) in result.stdout
     assert (f"lm_eval --model steered --model_args pretrained={tiny_model_dir.resolve()},steer_path={out.resolve()}"
-            in result.stdout and "--apply_chat_template" in result.stdout)
+            in result.stdout and "--apply_chat_template" in result.stdout and "prompt_only" in result.stdout)
     # No --model: the vectors' own metadata vouches for them (they must agree on one model).
     assert cli(*base, "--behaviors", "lowercase", "--out", str(tmp_path / "l.pt")).returncode == 0
 

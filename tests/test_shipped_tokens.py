@@ -1,5 +1,6 @@
 """The steering tokens shipped for the default model load on CPU, match its embedding space, and steer."""
 import pytest
+import torch
 
 from steer_eval.behaviors import AND_TOKEN, BEHAVIORS
 from steer_eval.generation import GenerationConfig
@@ -13,8 +14,9 @@ EVERY_BEHAVIOUR = {*BEHAVIORS, AND_TOKEN}  # every lm-eval task runs on the defa
 
 def test_shipped_tokens_load_with_their_training_config(default_hf):
     store = TokenStore(default_tokens_dir("SmolLM2-135M-Instruct"))
-    assert set(store.names()) == EVERY_BEHAVIOUR
-    for name in store.names():
+    tokens = [name for name in store.names() if "/" not in name]
+    assert set(tokens) == EVERY_BEHAVIOUR
+    for name in tokens:
         token = store.load(name, default_hf.identity)  # raises unless trained for this embedding space
         assert token.vector.shape == (default_hf.identity.hidden_size,) and token.vector.isfinite().all()
         config = token.training_config
@@ -29,3 +31,20 @@ def test_shipped_german_token_steers_on_cpu(default_hf):
     responses = default_hf.generate(steered, GenerationConfig(max_new_tokens=48), progress=False)
     followed = [verify(["german"], r).followed for r in responses]
     assert sum(followed) >= 5, list(zip(prompts, responses))  # no instruction at all: 0 of 60 in the probe
+
+
+SHIPPED = ("german", "spanish", "french", "italian", "portuguese", "words_10_50", "sentences_1")
+
+
+def test_shipped_baseline_vectors_load_for_this_model(default_hf):
+    """results/baselines: CAA at layer 15 x1 and PrOSV at layer 15 on the last 4 prompt positions, trained factors."""
+    store = TokenStore(default_tokens_dir("SmolLM2-135M-Instruct"))
+    assert {name for name in store.names() if "/" in name} == {f"{kind}/{b}" for kind in ("caa", "prosv")
+                                                               for b in SHIPPED}
+    for behavior in SHIPPED:
+        caa = store.load(f"caa/{behavior}", default_hf.identity)
+        prosv = store.load(f"prosv/{behavior}", default_hf.identity)
+        assert (caa.intervention.layer, caa.intervention.positions, caa.intervention.factor) == (15, 0, 1.0)
+        assert (prosv.intervention.layer, prosv.intervention.positions) == (15, 4)
+        assert 30 < prosv.intervention.factor < 60  # trained up from 8
+        assert torch.linalg.vector_norm(prosv.vector).item() == pytest.approx(1.0, abs=1e-4)

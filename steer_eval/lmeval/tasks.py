@@ -4,6 +4,8 @@ A document is one held-out test prompt with an ordered list of behaviours, the i
 text-instruction model reads, and where it sits in its combination (combination id, order index, seen/unseen).
 Stock lm-eval models read `text_input` (the prompt followed by the joined instructions, exactly the user turn
 that `assemble(..., control_method="text")` renders); the steering model classes read the structured fields.
+With `--metadata '{"prompt_only": true}'` `text_input` is the plain prompt (for stock models that steer by
+themselves, e.g. lm-eval's `steered` with an exported CAA vector) and each document says `prompt_only: True`.
 
 Sizes are a fixed, seeded subsample so a full run stays feasible (see COMPOSE_PLAN). Documents of one
 combination are adjacent, and for each prompt all orders follow each other, so `--limit N` yields complete
@@ -30,6 +32,7 @@ from steer_eval.behaviors import (
     get_behavior,
     is_seen_combination,
 )
+from steer_eval.errors import SettingError
 from steer_eval.prompts import Prompt, bundled_prompts
 from steer_eval.quality import measure
 from steer_eval.scoring import scorer_spec, verify
@@ -38,6 +41,7 @@ PARAPHRASE_SEED = 0
 SPLITS = ("seen", "unseen")
 CATEGORY_METRICS = tuple(f"acc_{category}" for category in CATEGORIES)
 STOCK_SETTING = {"control_method": "text", "mode": "stock model (instructions as text)"}
+PROMPT_ONLY_SETTING = {"control_method": "none", "mode": "stock model (prompt only)"}
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,16 @@ def documents(task: str) -> list[dict]:
                         f"compose_<k>_seen|unseen for k in {sorted(COMPOSE_PLAN)}")
 
 
+def prompt_only_documents(docs: Iterable[Mapping], prompt_only: bool) -> list[dict]:
+    """With prompt_only (--metadata '{"prompt_only": true}'): text_input = the plain prompt, marked prompt_only."""
+    if not isinstance(prompt_only, bool):
+        raise SettingError(f"prompt_only must be true or false, got {prompt_only!r}; pass it as a JSON boolean: "
+                           "--metadata '{\"prompt_only\": true}'")
+    if not prompt_only:
+        return list(docs)
+    return [{**doc, "text_input": doc["prompt"], "prompt_only": True} for doc in docs]
+
+
 # --- per-sample scores (process_results) -------------------------------------------------------------------
 
 def score(doc: Mapping, response: str, *, per_category: bool = False, orders: bool = False) -> dict:
@@ -130,7 +144,7 @@ def score(doc: Mapping, response: str, *, per_category: bool = False, orders: bo
     per-behaviour verdicts of this sample (None where the composition has no behaviour of that category).
     """
     verdict = verify(doc["behaviors"], response)
-    setting = getattr(response, "setting", STOCK_SETTING)
+    setting = getattr(response, "setting", PROMPT_ONLY_SETTING if doc.get("prompt_only") else STOCK_SETTING)
     quality = measure(response)
     values = {"accuracy": float(verdict.followed),
               "repetition": quality["repetition"], "distinct_2": quality["distinct_2"],
