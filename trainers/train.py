@@ -6,7 +6,8 @@ Stage `behaviour`: one vector per behaviour, initialised at the mean embedding o
 so the frozen model reading `prompt <b>` matches the same model reading `prompt + instruction` (a paraphrase sampled
 per example) on the teacher's response: KL(teacher || student) at temperature T, times T^2, over response tokens.
 Stage `and`: behaviour vectors frozen (loaded from the token store), `<and>` zero-initialised and trained on pairs
-`prompt <b1><and><b2>`, plus lambda_orth * sum_b cos(e_and, e_b)^2.
+`prompt <b1><and><b2>`, plus lambda_orth * sum_b cos(e_and, e_b)^2. The model pass and the loss are
+`steer_eval.distillation.distillation_step` (packed on the host, length-grouped, logits in chunks).
 
     python trainers/train.py --stage behaviour --data data/language/german_train.json --lr 3e-3
     torchrun --standalone --nproc-per-node=2 trainers/train.py ...   # data parallel (gloo on CPU, nccl on GPU)
@@ -31,8 +32,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/train.py` from a checkout
-from steer_eval.assembly import assemble, embed  # noqa: E402
+from steer_eval.assembly import assemble  # noqa: E402
 from steer_eval.behaviors import AND_TOKEN, BehaviorError, get_behavior  # noqa: E402
+from steer_eval.distillation import distillation_step  # noqa: E402
 from steer_eval.models import load_model, model_label  # noqa: E402
 from steer_eval.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore, default_tokens_dir  # noqa: E402
 
@@ -55,7 +57,8 @@ class TrainConfig:
     temperature: float = 10.0
     lambda_orth: float = 0.5
     max_response_tokens: int = 256
-    autocast: str = "auto"  # auto (bf16 on CUDA) | bf16 | none
+    dtype: str = "auto"  # of the frozen model: auto (bfloat16 on CUDA, float32 elsewhere) | bfloat16 | float32
+    group_size: int = 0  # examples per length-sorted micro-batch within a step (0: the whole batch at once)
     gradient_checkpointing: bool = False
     run_validation: bool = False
     val_data_path: list = field(default_factory=list)  # JSON files like --data, for --run_validation
@@ -91,6 +94,8 @@ def parse_config(argv=None) -> TrainConfig:
         parser.error("--run_validation needs --val_data_path")
     if not 0 < config.subset <= 1:
         parser.error("--subset is a fraction in (0, 1]")
+    if config.dtype not in ("auto", "bfloat16", "float32"):
+        parser.error(f"--dtype must be auto, bfloat16 or float32, not {config.dtype!r}")
     return config
 
 
@@ -150,40 +155,7 @@ def example_rng(seed: int, epoch: int, index: int) -> random.Random:
     return random.Random(f"{seed}:{epoch}:{index}")
 
 
-# ----------------------------------------------------------------------------- the model pass
-
-def pack(prompts, example_batch, embedding_weight, vectors):
-    """Right-padded input embeddings of prompt+response and, per example, the positions whose next-token
-    distribution is a response token (the last prompt position through the second-to-last response position)."""
-    rows, positions = [], []
-    for prompt, example in zip(prompts, example_batch):
-        response = torch.tensor(example.response_ids, device=embedding_weight.device)
-        rows.append(torch.cat([embed(prompt, embedding_weight, vectors), embedding_weight[response]]))
-        start = len(prompt.input_ids) - 1
-        positions.append(torch.arange(start, start + len(example.response_ids), device=embedding_weight.device))
-    longest = max(r.shape[0] for r in rows)
-    embeds = torch.zeros(len(rows), longest, rows[0].shape[1], dtype=rows[0].dtype, device=embedding_weight.device)
-    mask = torch.zeros(len(rows), longest, dtype=torch.long, device=embedding_weight.device)
-    for i, r in enumerate(rows):
-        embeds[i, :r.shape[0]] = r
-        mask[i, :r.shape[0]] = 1
-    batch_index = torch.cat([torch.full_like(p, i) for i, p in enumerate(positions)])
-    return embeds, mask, batch_index, torch.cat(positions)
-
-
-def response_logits(model, embeds, mask, batch_index, positions):
-    """Logits at response positions only: the vocabulary projection never touches prompt positions."""
-    hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-    return model.get_output_embeddings()(hidden[batch_index, positions]).float()
-
-
-def distillation_loss(teacher_logits, student_logits, temperature):
-    """KL(teacher || student) of the softened distributions, mean over response tokens, times T^2."""
-    teacher_logp = F.log_softmax(teacher_logits / temperature, dim=-1)
-    student_logp = F.log_softmax(student_logits / temperature, dim=-1)
-    kl = F.kl_div(student_logp, teacher_logp, log_target=True, reduction="none").sum(-1)
-    return kl.mean() * temperature ** 2
-
+# ----------------------------------------------------------------------------- vectors and penalty
 
 def orthogonality_penalty(and_vector, behaviour_vectors):
     """sum_b cos(e_and, e_b)^2: keeps <and> from copying any one behaviour (zero at the zero vector)."""
@@ -237,6 +209,10 @@ def resumed_config(argv=None) -> tuple[TrainConfig, Optional[dict]]:
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         sys.exit(f"train.py: {checkpoint_path} is not a checkpoint this trainer wrote ({str(error).splitlines()[0]}); "
                  "move it away and start without --resume")
+    unknown = sorted(set(checkpoint["config"]) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        sys.exit(f"train.py: {checkpoint_path} was written by another version of this trainer (settings "
+                 f"{', '.join(unknown)}); start without --resume")
     # Exact continuation: everything comes from the checkpoint except where to stop and which device to use.
     saved = TrainConfig(**checkpoint["config"])
     saved.resume, saved.stop_after, saved.device = True, config.stop_after, config.device
@@ -265,12 +241,14 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
         device = config.device
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
-    use_bf16 = config.autocast == "bf16" or (config.autocast == "auto" and device.startswith("cuda")
-                                             and torch.cuda.is_bf16_supported())
+    dtype = config.dtype if config.dtype != "auto" else (
+        "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32")
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
-    model, tokenizer = load_model(config.model, device=device, dtype="float32")
+    # The base is frozen, so it needs no float32 master copy: in bfloat16 every op runs in bfloat16. The trained
+    # vectors stay float32 parameters.
+    model, tokenizer = load_model(config.model, device=device, dtype=dtype)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()  # HF only checkpoints in train mode; the model has no dropout, so outputs are unchanged
@@ -302,26 +280,23 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
 
-    def autocast():
-        return torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16)
-
-    def batch_loss(batch, epoch, indices):
+    def batch_loss(batch, epoch, indices, backward=True):
+        """(kl, orth, student tokens); with `backward`, their gradients accumulate into the parameters."""
         teachers = [teacher_prompt(e, tokenizer, example_rng(config.seed, epoch, i)) for e, i in zip(batch, indices)]
-        with torch.no_grad(), autocast():
-            teacher = response_logits(model, *pack(teachers, batch, embedding_weight, {}))
-        with autocast():
-            student = response_logits(model, *pack([e.student for e in batch], batch, embedding_weight, vectors))
-        kl = distillation_loss(teacher, student, config.temperature)
+        kl = distillation_step(model, teachers, [e.student for e in batch], [e.response_ids for e in batch],
+                               vectors, config.temperature, group_size=config.group_size, backward=backward)
         orth = (orthogonality_penalty(params[AND_TOKEN], frozen.values()) if config.stage == "and"
                 else kl.new_zeros(()))
-        return kl, orth, sum(len(e.student.input_ids) + len(e.response_ids) for e in batch)
+        if backward and orth.requires_grad:
+            (config.lambda_orth * orth).backward()
+        return kl, orth.detach(), sum(len(e.student.input_ids) + len(e.response_ids) for e in batch)
 
     def validate():
         losses = []
         with torch.no_grad():
             for i in range(0, len(val_examples), config.batch_size):
                 batch = val_examples[i:i + config.batch_size]
-                losses.append(batch_loss(batch, -1, range(i, i + len(batch)))[0].item())
+                losses.append(batch_loss(batch, -1, range(i, i + len(batch)), backward=False)[0].item())
         return sum(losses) / len(losses)
 
     def log(entry):
@@ -352,7 +327,7 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
             log({"step": 0, "val_loss": validate()})
     if master:
         print(f"stage {config.stage}: {len(examples)} examples, tokens {names}, {total_steps} steps "
-              f"({config.epochs} epochs x {steps_per_epoch}), world {world}, device {device}, bf16 {use_bf16}"
+              f"({config.epochs} epochs x {steps_per_epoch}), world {world}, device {device}, {dtype}"
               + (f", resuming at step {step}" if step else ""), flush=True)
 
     last_step = total_steps if not config.stop_after else min(total_steps, config.stop_after)
@@ -364,10 +339,9 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
         global_indices = order[in_epoch * config.batch_size:(in_epoch + 1) * config.batch_size]
         indices = global_indices[rank::world] or global_indices[:1]  # a rank never sits a step out
         tick = time.time()
+        optimizer.zero_grad(set_to_none=False)
         kl, orth, tokens = batch_loss([examples[i] for i in indices], epoch, indices)
         loss = kl + config.lambda_orth * orth
-        optimizer.zero_grad(set_to_none=False)
-        loss.backward()
         if distributed:
             # Data parallel by hand: the trainable state is a few vectors, so averaging their gradients is all
             # DistributedDataParallel would do here. Every rank then takes the same optimiser step.
@@ -398,7 +372,7 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
             save_checkpoint(out_dir / "ckpt.pt", config, step, params, optimizer, scheduler, log_path.stat().st_size)
     progress.close()
 
-    summary = {"steps": step, "examples": len(examples), "world_size": world, "device": device, "bf16": use_bf16,
+    summary = {"steps": step, "examples": len(examples), "world_size": world, "device": device, "dtype": dtype,
                "seconds_this_run": round(time.time() - started, 1), "final_loss": last_loss}
     if distributed:  # the ranks must agree exactly, or the saved token would depend on which rank wrote it
         for name, p in params.items():

@@ -25,12 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers
 from steer_eval.activation import Intervention, added_to_layers, check_layer, decoder_layers, vector_name  # noqa: E402
 from steer_eval.assembly import assemble  # noqa: E402
 from steer_eval.behaviors import BehaviorError  # noqa: E402
+from steer_eval.distillation import distillation_step  # noqa: E402
 from steer_eval.models import load_model, model_label  # noqa: E402
 from steer_eval.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore, default_tokens_dir  # noqa: E402
 
 
 def _distillation():
-    """trainers/train.py's data and loss functions (one implementation of the objective)."""
+    """trainers/train.py's data functions (one implementation of the data and the teacher)."""
     spec = importlib.util.spec_from_file_location("steer_eval_trainer", Path(__file__).with_name("train.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -60,6 +61,7 @@ def parse_args(argv=None):
     parser.add_argument("--max_response_tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--group_size", type=int, default=0, help="examples per length-sorted micro-batch (0: all)")
     parser.add_argument("--log_every", type=int, default=10)
     args = parser.parse_args(argv)
     if args.positions < 1:
@@ -82,9 +84,9 @@ def student_deltas(directions, factors, behaviors):
 
 def train(args) -> dict:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    use_bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
     torch.manual_seed(args.seed)
-    model, tokenizer = load_model(args.model, device=device, dtype="float32")
+    model, tokenizer = load_model(args.model, device=device, dtype=dtype)
     layer = len(decoder_layers(model)) // 2 if args.layer is None else args.layer
     check_layer(model, layer)
     embedding_weight = model.get_input_embeddings().weight
@@ -114,7 +116,7 @@ def train(args) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     log = (out_dir / "log.jsonl").open("w", encoding="utf-8")
     print(f"prosv: {len(examples)} examples, vectors {names}, layer {layer}, last {args.positions} prompt "
-          f"positions, {total} steps, device {device}, bf16 {use_bf16}", flush=True)
+          f"positions, {total} steps, device {device}, {dtype}", flush=True)
 
     started, step = time.time(), 0
     for step in tqdm(range(total), desc="train prosv"):
@@ -124,17 +126,16 @@ def train(args) -> dict:
         batch = [examples[i] for i in indices]
         teachers = [distill.teacher_prompt(e, tokenizer, distill.example_rng(args.seed, epoch, i))
                     for e, i in zip(batch, indices)]
-        with torch.no_grad(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16):
-            teacher = distill.response_logits(model, *distill.pack(teachers, batch, embedding_weight, {}))
         student_prompts = [students[i] for i in indices]
-        deltas = student_deltas(directions, factors, [e.behaviors[0] for e in batch])
-        ends = torch.tensor([len(p.input_ids) for p in student_prompts], device=device)
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=use_bf16), \
-                added_to_layers(model, [(Intervention("prosv", layer, args.positions, 1.0), deltas)], ends):
-            student = distill.response_logits(model, *distill.pack(student_prompts, batch, embedding_weight, {}))
-        loss = distill.distillation_loss(teacher, student, args.temperature)
+
+        def steered(rows):  # the vectors of these rows of the batch, added at the end of each one's prompt
+            deltas = student_deltas(directions, factors, [batch[r].behaviors[0] for r in rows])
+            ends = torch.tensor([len(student_prompts[r].input_ids) for r in rows], device=device)
+            return added_to_layers(model, [(Intervention("prosv", layer, args.positions, 1.0), deltas)], ends)
+
         optimizer.zero_grad()
-        loss.backward()
+        loss = distillation_step(model, teachers, student_prompts, [e.response_ids for e in batch], {},
+                                 args.temperature, group_size=args.group_size, student_context=steered)
         torch.nn.utils.clip_grad_norm_([*directions.values(), *factors.values()], args.grad_clip)
         optimizer.step()
         scheduler.step()
@@ -144,7 +145,7 @@ def train(args) -> dict:
             log.flush()
     log.close()
 
-    summary = {"steps": total, "examples": len(examples), "device": device, "bf16": use_bf16,
+    summary = {"steps": total, "examples": len(examples), "device": device, "dtype": dtype,
                "seconds": round(time.time() - started, 1), "final_loss": loss.item()}
     config = {**vars(args), "layer": layer, "summary": summary}
     for b in names:
