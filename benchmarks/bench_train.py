@@ -1,26 +1,40 @@
-"""Training speed of trainers/train.py: seconds per step and tokens per second, written to results/bench/.
+"""Training step speed, side by side in one run: a plain reference step against the trainer's step.
 
-    # a short measured run here (the first step is a warm-up and not counted)
-    python benchmarks/bench_train.py run --data data/language/german_train.json --batch_size 8 --steps 6
-    # the numbers of a finished training (e.g. one made on a lent GPU), read from its log.jsonl
-    python benchmarks/bench_train.py log --log results/training/round2/behaviour/log.jsonl --label h200
+Both run on the same batches (same examples, same teacher paraphrases), the same device and the same dtype policy
+(the frozen model in bfloat16 on CUDA, float32 on CPU), alternating step by step so load on a shared machine hits
+both alike. The first step of each is a warm-up and is not counted (with --compile, compilation happens there and
+in later steps whose shapes are new: dynamic shapes keep that to a few).
 
-Tokens are the student's sequence tokens (prompt + steering slot + response); each step also runs the teacher
-over the same response with the instruction prompt, under no_grad.
+- reference: what one writes first. Per-example embedding, one right-padded batch, the model's full-vocabulary
+  logits at every position (`model(inputs_embeds=...).logits`), then KL(teacher || student) at temperature T over
+  the response positions, times T^2; teacher forward under no_grad, student forward and backward.
+- trainer: `steer_eval.distillation.distillation_step`, as trainers/train.py calls it, for each `--group_sizes`.
+
+Tokens are the student's real tokens (prompt + steering slot + response), the trainer's own count.
+
+    python benchmarks/bench_train.py --data data/language/german_train.json --batch_size 8 --label cpu_b8
+    python benchmarks/bench_train.py --data .../german_train.json --batch_size 32 --group_sizes 0 8 16 --label h200_b32
 """
 import argparse
+import ctypes
 import importlib.util
 import json
 import os
 import platform
+import random
 import sys
-import tempfile
+import threading
+import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from steer_eval.assembly import embed  # noqa: E402
+from steer_eval.distillation import compile_decoder, distillation_step  # noqa: E402
+from steer_eval.models import load_model  # noqa: E402
 
 
 def _trainer():
@@ -30,67 +44,155 @@ def _trainer():
     return module
 
 
-def machine() -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__}
-    if torch.cuda.is_available():
+def reference_step(model, teachers, students, responses, vectors, temperature):
+    weight = model.get_input_embeddings().weight
+
+    def logits_at_responses(prompts, vecs):
+        rows = [torch.cat([embed(p, weight, vecs), weight[torch.tensor(r, device=weight.device)]])
+                for p, r in zip(prompts, responses)]
+        embeds = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(r), dtype=torch.long, device=weight.device)
+                                                for r in rows], batch_first=True)
+        logits = model(inputs_embeds=embeds, attention_mask=mask).logits
+        return torch.cat([logits[i, len(p.input_ids) - 1:len(p.input_ids) - 1 + len(r)]
+                          for i, (p, r) in enumerate(zip(prompts, responses))]).float()
+
+    with torch.no_grad():
+        teacher = logits_at_responses(teachers, {})
+    student = logits_at_responses(students, vectors)
+    kl = F.kl_div(F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
+                  log_target=True, reduction="none").sum(-1)
+    loss = kl.mean() * temperature ** 2
+    loss.backward()
+    return loss.detach()
+
+
+class PeakMemory:
+    """Peak memory of one step above what was in use before it: CUDA's allocator counter, or on CPU the process's
+    resident set sampled every millisecond."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            # glibc keeps freed blocks; handing them back first makes the resident set start at the live tensors.
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            self.base = self.peak = _rss()
+            self.running = True
+            self.sampler = threading.Thread(target=self._sample, daemon=True)
+            self.sampler.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, _rss())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.bytes = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.running = False
+            self.sampler.join()
+            self.bytes = self.peak - self.base
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def machine(device) -> dict:
+    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
+    if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = os.getloadavg()  # the CPU is shared: record how busy it was
+        info["load_average_at_start"] = os.getloadavg()  # the CPU may be shared: record how busy it was
     return info
 
 
-def speed(entries: list[dict], skip_first: bool) -> dict:
-    steps = [e for e in entries if "s_per_step" in e]
-    if skip_first:
-        steps = [e for e in steps if e["step"] > 1]
-    seconds = sum(e["s_per_step"] for e in steps)
-    return {"steps_measured": len(steps), "s_per_step": seconds / len(steps),
-            "tokens_per_s": sum(e["tokens_per_s"] * e["s_per_step"] for e in steps) / seconds}
-
-
-def run(args) -> dict:
-    trainer = _trainer()
-    with tempfile.TemporaryDirectory() as work:
-        config = trainer.TrainConfig(model=args.model, data=[args.data], out_dir=work, tokens_dir=work,
-                                     batch_size=args.batch_size, epochs=100, stop_after=args.steps, log_every=1,
-                                     checkpoint_every=10 ** 9, autocast=args.autocast, device=args.device,
-                                     lr=3e-3)
-        trainer.train(config)
-        entries = [json.loads(line) for line in (Path(work) / "log.jsonl").read_text().splitlines()]
-    return {"label": args.label, "batch_size": args.batch_size, "autocast": args.autocast, "data": args.data,
-            **speed(entries, skip_first=True)}
-
-
-def from_log(args) -> dict:
-    entries = [json.loads(line) for line in Path(args.log).read_text().splitlines()]
-    summary = json.loads((Path(args.log).parent / "summary.json").read_text())
-    return {"label": args.label, "log": args.log, "batch_size": summary["batch_size"],
-            "device": summary["summary"]["device"], "bf16": summary["summary"]["bf16"],
-            "total_steps": summary["summary"]["steps"], "seconds": summary["summary"]["seconds_this_run"],
-            **speed(entries, skip_first=False)}
+def batches(trainer, args, tokenizer):
+    records = trainer.load_records(args.data)
+    examples = trainer.make_examples(records, tokenizer, "behaviour", args.max_response_tokens)
+    rng = random.Random(args.seed)
+    chosen = []
+    for step in range(args.steps + 1):
+        indices = rng.sample(range(len(examples)), args.batch_size)
+        batch = [examples[i] for i in indices]
+        teachers = [trainer.teacher_prompt(e, tokenizer, trainer.example_rng(args.seed, step, i))
+                    for e, i in zip(batch, indices)]
+        chosen.append((teachers, [e.student for e in batch], [e.response_ids for e in batch],
+                       sum(len(e.student.input_ids) + len(e.response_ids) for e in batch)))
+    return chosen
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    measured = commands.add_parser("run")
-    measured.add_argument("--model", default="smollm2-135m")
-    measured.add_argument("--data", required=True)
-    measured.add_argument("--batch_size", type=int, default=8)
-    measured.add_argument("--steps", type=int, default=6)
-    measured.add_argument("--autocast", default="auto")
-    measured.add_argument("--device", default="auto")
-    measured.add_argument("--label", default="cpu")
-    logged = commands.add_parser("log")
-    logged.add_argument("--log", required=True)
-    logged.add_argument("--label", required=True)
-    logged.add_argument("--machine", required=True, help="where the logged training ran, in words")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--data", nargs="+", required=True, help="single-behaviour files from build_data.py")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--group_sizes", type=int, nargs="+", default=[0], help="trainer variants (0: one group)")
+    parser.add_argument("--steps", type=int, default=5, help="measured steps per method (after one warm-up)")
+    parser.add_argument("--max_response_tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=10.0)
+    parser.add_argument("--compile", action="store_true", help="also the trainer with --compile (a second model copy)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label", required=True, help="names the output file train_speed_<label>.json")
     parser.add_argument("--out", default=str(REPO / "results" / "bench"))
     args = parser.parse_args(argv)
-    result = run(args) if args.command == "run" else from_log(args)
-    result |= {"command": "python " + " ".join(sys.argv),
-               "machine": machine() if args.command == "run" else args.machine}
+    trainer = _trainer()
+    dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    model, tokenizer = load_model(args.model, device=args.device, dtype=dtype)
+    behaviour = trainer.load_records(args.data[:1])[0]["behaviors"][0]
+    vector = torch.nn.Parameter(trainer.semantic_init(behaviour, tokenizer, model.get_input_embeddings().weight))
+    methods = {"reference": lambda t, s, r: reference_step(model, t, s, r, {behaviour: vector}, args.temperature)}
+    variants = [("", model)]
+    if args.compile:
+        compiled, _ = load_model(args.model, device=args.device, dtype=dtype)
+        variants.append(("_compiled", compile_decoder(compiled)))
+    for suffix, variant in variants:
+        for size in args.group_sizes:
+            methods[f"trainer_group{size}{suffix}"] = (lambda t, s, r, size=size, variant=variant: distillation_step(
+                variant, t, s, r, {behaviour: vector}, args.temperature, group_size=size))
+    results = {name: {"seconds": [], "tokens": 0, "peak_bytes": 0, "losses": []} for name in methods}
+    for step, (teachers, students, responses, tokens) in enumerate(batches(trainer, args, tokenizer)):
+        order = list(methods) if step % 2 == 0 else list(methods)[::-1]
+        for name in order:
+            vector.grad = None
+            with PeakMemory(args.device) as memory:
+                started = time.perf_counter()
+                loss = methods[name](teachers, students, responses).item()  # .item() waits for the device
+                seconds = time.perf_counter() - started
+            if step == 0:
+                continue  # warm-up
+            entry = results[name]
+            entry["seconds"].append(seconds)
+            entry["tokens"] += tokens
+            entry["peak_bytes"] = max(entry["peak_bytes"], memory.bytes)
+            entry["losses"].append(loss)
+        print(f"step {step}: " + ", ".join(f"{n} {results[n]['seconds'][-1]:.3f}s" for n in methods if step), flush=True)
+
+    reference = results["reference"]
+    summary = {}
+    for name, entry in results.items():
+        seconds = sum(entry["seconds"])
+        summary[name] = {"s_per_step": seconds / len(entry["seconds"]), "tokens_per_s": entry["tokens"] / seconds,
+                         "peak_memory_mib": round(entry["peak_bytes"] / 2 ** 20, 1),
+                         "max_relative_loss_difference_to_reference": max(
+                             abs(a - b) / abs(b) for a, b in zip(entry["losses"], reference["losses"]))}
+    for name in summary:
+        summary[name]["speed_vs_reference"] = summary[name]["tokens_per_s"] / summary["reference"]["tokens_per_s"]
+    result = {"label": args.label, "batch_size": args.batch_size, "dtype": dtype, "device": args.device,
+              "steps_measured": args.steps, "data": [Path(d).name for d in args.data], "methods": summary,
+              "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "machine": machine(args.device)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"train_speed_{args.label}.json").write_text(json.dumps(result, indent=2))

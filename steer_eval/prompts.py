@@ -8,7 +8,7 @@ from pathlib import Path
 
 from steer_eval.errors import UserError
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "new_topics")
 _PROMPT_KEYS = ("prompt", "instruction", "question", "input", "text")
 
 
@@ -25,7 +25,9 @@ class PromptFileError(UserError, ValueError):
 
 
 def bundled_prompts(split: str | None = None) -> list[Prompt]:
-    """The bundled prompts; `split` in train|val|test (test feeds the lm-eval tasks and is never trained on)."""
+    """The bundled prompts; `split` in train|val|test|new_topics. train, val and test share 31 topics (test feeds the
+    lm-eval tasks and is never trained on); new_topics holds 20 other topics, to measure what training on the 31
+    carries over to subjects it never saw."""
     if split is not None and split not in SPLITS:
         raise PromptFileError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     lines = resources.files("steer_eval.data").joinpath("prompts.jsonl").read_text(encoding="utf-8").splitlines()

@@ -80,8 +80,8 @@ def build(behaviors: Sequence[str], *, pairs: Sequence[str] | None = None, spec:
           config: GenerationConfig, prompts: str = "bundled", split: str = "train", limit: int | None = None,
           samples: int = 1, keep_failed: bool = True, out_dir: str | Path = "data", restart: bool = False,
           progress: bool = True) -> list[Path]:
-    if split == "test" and prompts == "bundled":
-        raise BehaviorError("the bundled test split is held out for evaluation; build data from train or val")
+    if split in ("test", "new_topics") and prompts == "bundled":
+        raise BehaviorError(f"the bundled {split} split is held out for evaluation; build data from train or val")
     if samples < 1:
         raise BehaviorError(f"--samples must be at least 1, got {samples}")
     chosen = load_prompts(prompts, split)[:limit]

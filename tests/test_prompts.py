@@ -12,11 +12,15 @@ INSTRUCTION_WORDS = re.compile(r"german|spanish|french|italian|portuguese|senten
 def test_bundled_set_size_and_disjoint_splits():
     prompts = bundled_prompts()
     assert len(prompts) >= 600
-    by_split = {s: {p.prompt for p in bundled_prompts(s)} for s in ("train", "val", "test")}
+    by_split = {s: {p.prompt for p in bundled_prompts(s)} for s in ("train", "val", "test", "new_topics")}
     assert sum(len(v) for v in by_split.values()) == len(prompts) == len({p.prompt for p in prompts})
+    assert len({p.id for p in prompts}) == len(prompts)
     assert not (by_split["train"] & by_split["test"]) and not (by_split["val"] & by_split["test"])
     assert len(by_split["test"]) >= 150 and len(by_split["train"]) >= 300
-    assert len({p.topic for p in prompts}) >= 20
+    topics = {s: {p.topic for p in bundled_prompts(s)} for s in ("train", "val", "test", "new_topics")}
+    assert len(topics["train"]) >= 20 and topics["train"] == topics["val"] == topics["test"]
+    assert len(topics["new_topics"]) >= 20 and not topics["new_topics"] & topics["train"]
+    assert all(sum(p.topic == t for p in bundled_prompts("new_topics")) >= 10 for t in topics["new_topics"])
 
 
 def test_bundled_prompts_carry_no_instruction_of_their_own():

@@ -46,8 +46,9 @@ def main(argv=None) -> int:
     gen.add_argument("--prompts", default="bundled", help="'bundled' (its test split) or a prompt file")
     gen.add_argument("--singles", nargs="*", default=[])
     gen.add_argument("--single_methods", nargs="+", default=list(SINGLE_METHODS), choices=SINGLE_METHODS)
-    gen.add_argument("--split", default="test", choices=("test", "val"),
-                     help="bundled split: test for results, val for choosing between trainings")
+    gen.add_argument("--split", default="test", choices=("test", "val", "new_topics"),
+                     help="bundled split: test for results, val for choosing between trainings, new_topics for "
+                          "topics absent from training")
     gen.add_argument("--pairs", nargs="*", default=[], help="a+b; both orders are run")
     gen.add_argument("--pair_conditions", nargs="+", default=["/".join(c) for c in PAIR_CONDITIONS],
                      choices=["/".join(c) for c in PAIR_CONDITIONS])

@@ -43,7 +43,7 @@ timeout "${BUDGET:-540}" bash -c "${RUN:-bash \$P}" >> "$W/pipeline.log" 2>&1
 echo "pipeline rc=$? (124 = stopped at the budget; run again to resume)"
 grep -v "it/s\]$" "$W/pipeline.log" | tail -c 5000
 cd "$W" && tar czf "$OUT/small.tgz" shipped.txt done.* tokens* baseline_tokens caa_sweep runs*/*/log.jsonl runs*/*/summary.json \
-    eval*/*/table.* pipeline.log data/*/*.meta.json 2>/dev/null
-tar czf "$OUT/records.tgz" eval/text_records eval/baselines eval*/records eval*/val_records 2>/dev/null
-tar czf "$OUT/data.tgz" data 2>/dev/null
+    eval*/*/table.* pipeline.log data*/*/*.meta.json bench 2>/dev/null
+tar czf "$OUT/records.tgz" eval/text_records eval/baselines eval*/records eval*/val_records eval*/*/records 2>/dev/null
+tar czf "$OUT/data.tgz" data* 2>/dev/null
 ls -la "$OUT"
