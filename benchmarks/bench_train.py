@@ -2,8 +2,7 @@
 
 Both run on the same batches (same examples, same teacher paraphrases), the same device and the same dtype policy
 (the frozen model in bfloat16 on CUDA, float32 on CPU), alternating step by step so load on a shared machine hits
-both alike. The first step of each is a warm-up and is not counted (with --compile, compilation happens there and
-in later steps whose shapes are new: dynamic shapes keep that to a few).
+both alike. The first step of each is a warm-up and is not counted.
 
 - reference: what one writes first. Per-example embedding, one right-padded batch, the model's full-vocabulary
   logits at every position (`model(inputs_embeds=...).logits`), then KL(teacher || student) at temperature T over
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from steer_eval.assembly import embed  # noqa: E402
-from steer_eval.distillation import compile_decoder, distillation_step  # noqa: E402
+from steer_eval.distillation import distillation_step  # noqa: E402
 from steer_eval.models import load_model  # noqa: E402
 
 
@@ -141,7 +140,6 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="measured steps per method (after one warm-up)")
     parser.add_argument("--max_response_tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=10.0)
-    parser.add_argument("--compile", action="store_true", help="also the trainer with --compile (a second model copy)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--label", required=True, help="names the output file train_speed_<label>.json")
@@ -153,14 +151,9 @@ def main(argv=None) -> int:
     behaviour = trainer.load_records(args.data[:1])[0]["behaviors"][0]
     vector = torch.nn.Parameter(trainer.semantic_init(behaviour, tokenizer, model.get_input_embeddings().weight))
     methods = {"reference": lambda t, s, r: reference_step(model, t, s, r, {behaviour: vector}, args.temperature)}
-    variants = [("", model)]
-    if args.compile:
-        compiled, _ = load_model(args.model, device=args.device, dtype=dtype)
-        variants.append(("_compiled", compile_decoder(compiled)))
-    for suffix, variant in variants:
-        for size in args.group_sizes:
-            methods[f"trainer_group{size}{suffix}"] = (lambda t, s, r, size=size, variant=variant: distillation_step(
-                variant, t, s, r, {behaviour: vector}, args.temperature, group_size=size))
+    for size in args.group_sizes:
+        methods[f"trainer_group{size}"] = (lambda t, s, r, size=size: distillation_step(
+            model, t, s, r, {behaviour: vector}, args.temperature, group_size=size))
     results = {name: {"seconds": [], "tokens": 0, "peak_bytes": 0, "losses": []} for name in methods}
     for step, (teachers, students, responses, tokens) in enumerate(batches(trainer, args, tokenizer)):
         order = list(methods) if step % 2 == 0 else list(methods)[::-1]

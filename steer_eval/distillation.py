@@ -115,13 +115,6 @@ def response_kl(student_hidden, teacher_hidden, head_weight, temperature: float)
     return _ChunkedKL.apply(student_hidden, teacher_hidden.detach(), head_weight, temperature, chunk_rows)
 
 
-def compile_decoder(model):
-    """Compile the decoder in place with dynamic shapes (every batch has its own length); returns the model.
-    Fuses the small elementwise kernels of each layer, which dominate a small model on a GPU."""
-    model.get_decoder().compile(dynamic=True)
-    return model
-
-
 def length_groups(lengths: Sequence[int], group_size: int) -> list[list[int]]:
     """Row indices in micro-batches of `group_size`, longest rows together (0: the whole batch, in order)."""
     if group_size <= 0 or group_size >= len(lengths):

@@ -26,8 +26,9 @@ class PromptFileError(UserError, ValueError):
 
 def bundled_prompts(split: str | None = None) -> list[Prompt]:
     """The bundled prompts; `split` in train|val|test|new_topics. train, val and test share 31 topics (test feeds the
-    lm-eval tasks and is never trained on); new_topics holds 20 other topics, to measure what training on the 31
-    carries over to subjects it never saw."""
+    lm-eval tasks and is never trained on); train's first 400 prompts are those 31 topics, the 720 after them 60
+    further topics; new_topics holds 20 topics found in no other split, to measure what training carries over to
+    subjects it never saw."""
     if split is not None and split not in SPLITS:
         raise PromptFileError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     lines = resources.files("steer_eval.data").joinpath("prompts.jsonl").read_text(encoding="utf-8").splitlines()

@@ -30,7 +30,8 @@ def parse_args(argv=None):
     parser.add_argument("--tokens_dir", default=None, help="store to write caa/<behaviour> into")
     parser.add_argument("--layers", nargs="+", type=int, required=True, help="candidate decoder layers")
     parser.add_argument("--multipliers", nargs="+", type=float, required=True, help="candidate multipliers")
-    parser.add_argument("--train_prompts", type=int, default=None, help="first N train prompts (default: all)")
+    parser.add_argument("--train_prompts", type=int, default=400,
+                        help="first N train prompts (400: those on the 31 topics val and test share)")
     parser.add_argument("--sweep_prompts", type=int, default=24, help="first N val prompts per candidate")
     parser.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--batch_size", type=int, default=64)

@@ -25,12 +25,12 @@ mkdir -p "$W/bench"
 
 if stage bench_b32; then
   $PY "$CODE/benchmarks/bench_train.py" --model "$MODEL" --data "$W/data/language/german_train.json" --batch_size 32 \
-      --steps 20 --group_sizes 0 8 16 --compile --label h200_b32 --out "$W/bench"
+      --steps 10 --group_sizes 0 8 16 --label h200_b32 --out "$W/bench"
   mark bench_b32
 fi
 if stage bench_b8; then
   $PY "$CODE/benchmarks/bench_train.py" --model "$MODEL" --data "$W/data/language/german_train.json" --batch_size 8 \
-      --steps 20 --group_sizes 0 4 --compile --label h200_b8 --out "$W/bench"
+      --steps 10 --group_sizes 0 4 --label h200_b8 --out "$W/bench"
   mark bench_b8
 fi
 
@@ -50,7 +50,7 @@ with open(sys.argv[1], "w") as out:
     for p in bundled_prompts("train")[400:]:
         out.write(json.dumps({"id": p.id, "prompt": p.prompt}) + "\n")
 EOF
-  $PY "$HERE/build_data.py" --model "$MODEL" --behaviors $SHIPPED --prompts "$W/more_prompts.jsonl" --samples 2 \
+  $PY "$HERE/build_data.py" --model "$MODEL" --behaviors $SHIPPED --prompts "$W/more_prompts.jsonl" --samples 1 \
       --temperature 0.7 --filter --batch_size "$GEN_BATCH" --dtype float32 --out_dir "$W/data_more"
   mark data_more
 fi

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/train.py` from a checkout
 from steer_eval.assembly import assemble  # noqa: E402
 from steer_eval.behaviors import AND_TOKEN, BehaviorError, get_behavior  # noqa: E402
-from steer_eval.distillation import compile_decoder, distillation_step  # noqa: E402
+from steer_eval.distillation import distillation_step  # noqa: E402
 from steer_eval.models import load_model, model_label  # noqa: E402
 from steer_eval.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore, default_tokens_dir  # noqa: E402
 
@@ -59,7 +59,6 @@ class TrainConfig:
     max_response_tokens: int = 256
     dtype: str = "auto"  # of the frozen model: auto (bfloat16 on CUDA, float32 elsewhere) | bfloat16 | float32
     group_size: int = 0  # examples per length-sorted micro-batch within a step (0: the whole batch at once)
-    compile: bool = False  # torch.compile the decoder (needs a working compiler; pays off on GPUs)
     gradient_checkpointing: bool = False
     run_validation: bool = False
     val_data_path: list = field(default_factory=list)  # JSON files like --data, for --run_validation
@@ -253,8 +252,6 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()  # HF only checkpoints in train mode; the model has no dropout, so outputs are unchanged
-    if config.compile:
-        compile_decoder(model)
     embedding_weight = model.get_input_embeddings().weight
     identity = ModelIdentity.of(model_label(config.model), embedding_weight)
     store = TokenStore(config.tokens_dir or default_tokens_dir(model_label(config.model)))
