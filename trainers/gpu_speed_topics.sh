@@ -61,7 +61,7 @@ if stage train_more; then
   run="$W/runs_more/behaviour"
   if [ -f "$run/ckpt.pt" ]; then $PY "$HERE/train.py" --out_dir "$run" --resume
   else $PY "$HERE/train.py" --stage behaviour --model "$MODEL" --tokens_dir "$W/tokens_more" --out_dir "$run" \
-      --data "${files[@]}" --lr 3e-3 --epochs 3 --batch_size 32 --group_size 16 --log_every 10; fi
+      --data "${files[@]}" --lr 3e-3 --epochs 3 --batch_size 32 --log_every 10; fi
   mark train_more
 fi
 
