@@ -77,3 +77,31 @@ def test_script_generate_and_summarize(tiny_model_dir, tmp_path):
     changed = subprocess.run([*generate[:-4], "--max_new_tokens", "4", "--out_dir", str(tmp_path / "records")],
                              capture_output=True, text=True)
     assert changed.returncode == 2 and "max_new_tokens: 3 in the folder, 4 now" in changed.stderr
+
+
+def test_compare_splits_table_and_refusals(tmp_path):
+    test, topics, other = tmp_path / "test", tmp_path / "topics", tmp_path / "other"
+    for folder in (test, topics, other):
+        folder.mkdir()
+    _records(test, "text", "composition", ("german",), [GERMAN, GERMAN, GERMAN, ENGLISH])
+    _records(test, "steering", "composition", ("german",), [GERMAN, ENGLISH, GERMAN, ENGLISH])
+    _records(topics, "text", "composition", ("german",), [GERMAN, GERMAN])
+    _records(topics, "steering", "composition", ("german",), [GERMAN, ENGLISH])
+    _records(other, "steering", "composition", ("german",), [GERMAN])  # one prompt, not the same two
+    script = [sys.executable, str(REPO / "trainers" / "compare_splits.py")]
+    columns = ["--column", "test", "text", "text", str(test), "--column", "test", "tokens", "steering", str(test),
+               "--column", "new_topics", "text", "text", str(topics),
+               "--column", "new_topics", "tokens", "steering", str(topics)]
+    done = subprocess.run(script + columns + ["--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    table = json.loads((tmp_path / "out" / "table.json").read_text())
+    assert table["splits"]["test"]["tokens"]["german"]["accuracy"] == 0.5
+    assert table["splits"]["new_topics"]["text"]["german"]["accuracy"] == 1.0
+    markdown = (tmp_path / "out" / "table.md").read_text()
+    assert "| german | 4 | 75.0 | 50.0 | 66.7 |" in markdown and "| german | 2 | 100.0 | 50.0 | 50.0 |" in markdown
+    mixed = subprocess.run(script + columns[:10] + ["--column", "test", "other", "steering", str(other),
+                                                    "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert mixed.returncode == 2 and "different prompts" in mixed.stderr and "Traceback" not in mixed.stderr
+    missing = subprocess.run(script + ["--column", "test", "a", "text", str(tmp_path / "nope"), "--out",
+                                       str(tmp_path / "y")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "not a folder of records" in missing.stderr

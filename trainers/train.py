@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/train.py` from a checkout
 from steer_eval.assembly import assemble  # noqa: E402
 from steer_eval.behaviors import AND_TOKEN, BehaviorError, get_behavior  # noqa: E402
-from steer_eval.distillation import distillation_step  # noqa: E402
+from steer_eval.distillation import default_group_size, distillation_step  # noqa: E402
 from steer_eval.models import load_model, model_label  # noqa: E402
 from steer_eval.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore, default_tokens_dir  # noqa: E402
 
@@ -58,7 +58,7 @@ class TrainConfig:
     lambda_orth: float = 0.5
     max_response_tokens: int = 256
     dtype: str = "auto"  # of the frozen model: auto (bfloat16 on CUDA, float32 elsewhere) | bfloat16 | float32
-    group_size: int = 0  # examples per length-sorted micro-batch within a step (0: the whole batch at once)
+    group_size: int = -1  # examples per length-sorted micro-batch of a step; 0: the whole batch; -1: by device
     gradient_checkpointing: bool = False
     run_validation: bool = False
     val_data_path: list = field(default_factory=list)  # JSON files like --data, for --run_validation
@@ -243,6 +243,7 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
         torch.cuda.set_device(device)
     dtype = config.dtype if config.dtype != "auto" else (
         "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32")
+    group_size = config.group_size if config.group_size >= 0 else default_group_size(device)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
@@ -284,7 +285,7 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
         """(kl, orth, student tokens); with `backward`, their gradients accumulate into the parameters."""
         teachers = [teacher_prompt(e, tokenizer, example_rng(config.seed, epoch, i)) for e, i in zip(batch, indices)]
         kl = distillation_step(model, teachers, [e.student for e in batch], [e.response_ids for e in batch],
-                               vectors, config.temperature, group_size=config.group_size, backward=backward)
+                               vectors, config.temperature, group_size=group_size, backward=backward)
         orth = (orthogonality_penalty(params[AND_TOKEN], frozen.values()) if config.stage == "and"
                 else kl.new_zeros(()))
         if backward and orth.requires_grad:
@@ -327,7 +328,8 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
             log({"step": 0, "val_loss": validate()})
     if master:
         print(f"stage {config.stage}: {len(examples)} examples, tokens {names}, {total_steps} steps "
-              f"({config.epochs} epochs x {steps_per_epoch}), world {world}, device {device}, {dtype}"
+              f"({config.epochs} epochs x {steps_per_epoch}), world {world}, device {device}, {dtype}, groups of "
+              f"{group_size or config.batch_size}"
               + (f", resuming at step {step}" if step else ""), flush=True)
 
     last_step = total_steps if not config.stop_after else min(total_steps, config.stop_after)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers
 from steer_eval.activation import Intervention, added_to_layers, check_layer, decoder_layers, vector_name  # noqa: E402
 from steer_eval.assembly import assemble  # noqa: E402
 from steer_eval.behaviors import BehaviorError  # noqa: E402
-from steer_eval.distillation import distillation_step  # noqa: E402
+from steer_eval.distillation import default_group_size, distillation_step  # noqa: E402
 from steer_eval.models import load_model, model_label  # noqa: E402
 from steer_eval.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore, default_tokens_dir  # noqa: E402
 
@@ -61,7 +61,8 @@ def parse_args(argv=None):
     parser.add_argument("--max_response_tokens", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--group_size", type=int, default=0, help="examples per length-sorted micro-batch (0: all)")
+    parser.add_argument("--group_size", type=int, default=-1,
+                        help="examples per length-sorted micro-batch (0: all; -1: by device, as train.py)")
     parser.add_argument("--log_every", type=int, default=10)
     args = parser.parse_args(argv)
     if args.positions < 1:
@@ -85,6 +86,7 @@ def student_deltas(directions, factors, behaviors):
 def train(args) -> dict:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+    group_size = args.group_size if args.group_size >= 0 else default_group_size(device)
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(args.model, device=device, dtype=dtype)
     layer = len(decoder_layers(model)) // 2 if args.layer is None else args.layer
@@ -135,7 +137,7 @@ def train(args) -> dict:
 
         optimizer.zero_grad()
         loss = distillation_step(model, teachers, student_prompts, [e.response_ids for e in batch], {},
-                                 args.temperature, group_size=args.group_size, student_context=steered)
+                                 args.temperature, group_size=group_size, student_context=steered)
         torch.nn.utils.clip_grad_norm_([*directions.values(), *factors.values()], args.grad_clip)
         optimizer.step()
         scheduler.step()
