@@ -1,8 +1,10 @@
-"""Teacher data on the tiny random Llama: records through the one runner, resume, filter, test split refused."""
+"""Teacher data on the tiny random Llama: records through the one runner, resume, filter, held-out splits refused."""
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from steer_eval.backends.spec import BackendSpec
 from steer_eval.behaviors import get_behavior
@@ -44,7 +46,8 @@ def test_records_resume_and_filter(tiny_model_dir, tmp_path):
     assert filtered == [r for r in single if r["followed"]]
 
 
-def test_script_refuses_the_test_split(tmp_path):
+@pytest.mark.parametrize("split", ["test", "new_topics"])
+def test_script_refuses_the_held_out_splits(tmp_path, split):
     result = subprocess.run([sys.executable, str(REPO / "trainers" / "build_data.py"), "--behaviors", "german",
-                             "--split", "test", "--out_dir", str(tmp_path)], capture_output=True, text=True)
+                             "--split", split, "--out_dir", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2 and "held out" in result.stderr and "Traceback" not in result.stderr
