@@ -29,6 +29,16 @@ ACTIVATION_METHODS = ("caa", "prosv")
 EVERY_POSITION = 0  # Intervention.positions: prompt and generated positions alike (CAA)
 
 
+def unsupported_backend(control_methods, backend: str, fix: str) -> str | None:
+    """The refusal for activation methods asked of a backend without per-request hooks (None if there is none to
+    make); the runner, the backends and the lm-eval classes each raise it in their own error type."""
+    asked = sorted(set(control_methods) & set(ACTIVATION_METHODS))
+    if not asked or backend in ("hf", "simulate"):  # simulate calls no model, so it stands in for any backend
+        return None
+    return (f"control method {', '.join(asked)} adds vectors inside the model, which only the HF backend can do "
+            f"(the {backend} backend has no per-request activation hook); {fix}")
+
+
 @dataclass(frozen=True)
 class Intervention:
     """Where and how strongly a stored activation vector is added."""

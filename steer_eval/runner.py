@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from steer_eval.activation import ACTIVATION_METHODS
+from steer_eval.activation import unsupported_backend
 from steer_eval.assembly import vector_names
 from steer_eval.backends.simulate import SIMULATED_SCORER
 from steer_eval.backends.spec import DEFAULT_CHUNK_SIZE, BackendSpec
@@ -71,10 +71,9 @@ def scan(requests: Iterable[Request]) -> PlanScan:
 
 
 def _check_backend_can_run(plan: PlanScan, spec: BackendSpec) -> None:
-    activation = sorted(plan.control_methods & set(ACTIVATION_METHODS))
-    if activation and spec.backend == "vllm":
-        raise UserError(f"control method {', '.join(activation)} adds vectors inside the model, which only the HF "
-                        "backend can do (vLLM has no per-request activation hook); run it with --backend hf")
+    refusal = unsupported_backend(plan.control_methods, spec.backend, "run it with --backend hf")
+    if refusal:
+        raise UserError(refusal)
 
 
 def token_fingerprints(spec: BackendSpec, names: set[str]) -> dict[str, str]:

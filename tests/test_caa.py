@@ -258,7 +258,7 @@ def test_steering_hf_fails_before_generating_when_a_caa_vector_is_missing(caa):
 def test_steering_vllm_refuses_activation_steering_at_construction(method, tiny_model_dir):
     from steer_eval.lmeval.models import ModelArgsError, SteeringVLLMLM
 
-    with pytest.raises(ModelArgsError, match=f"control_method={method} runs on steering_hf only"):
+    with pytest.raises(ModelArgsError, match=f"control method {method} .* only the HF backend .* steering_hf"):
         SteeringVLLMLM(pretrained=str(tiny_model_dir), control_method=method)
 
 
@@ -312,3 +312,12 @@ def test_cli_export_steered_errors_are_one_line(caa, tiny_model_dir, tmp_path, w
         assert message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.pt").exists() and not (tmp_path / "out.txt").exists()
+
+
+def test_one_refusal_for_activation_methods_without_hooks():
+    from steer_eval.activation import unsupported_backend
+    assert unsupported_backend(["caa", "steering"], "hf", "fix") is None
+    assert unsupported_backend(["prosv"], "simulate", "fix") is None
+    assert unsupported_backend(["steering", "text"], "vllm", "fix") is None
+    message = unsupported_backend({"prosv", "caa", "text"}, "vllm", "use the HF backend")
+    assert message.startswith("control method caa, prosv adds vectors") and message.endswith("use the HF backend")

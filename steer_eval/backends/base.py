@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from steer_eval.activation import unsupported_backend
 from steer_eval.assembly import AssembledPrompt, assemble
 from steer_eval.generation import GenerationConfig
 from steer_eval.models import model_label
@@ -45,10 +46,10 @@ class SteeringBackend(ABC):
         return assemble(prompt, behaviors, self.tokenizer, **options)
 
     def vectors_for(self, prompts: Sequence[AssembledPrompt]) -> dict[str, torch.Tensor]:
-        if not self.activation_steering and any(p.activations for p in prompts):
-            methods = sorted({p.control_method for p in prompts if p.activations})
-            raise TokenError(f"control method {', '.join(methods)} adds vectors inside the model, which the "
-                             f"{self.name} backend cannot do (no per-request activation hook); use the HF backend")
+        refusal = unsupported_backend({p.control_method for p in prompts if p.activations},
+                                      "hf" if self.activation_steering else self.name, "use the HF backend")
+        if refusal:
+            raise TokenError(refusal)
         names = {name for p in prompts for name in p.token_names}
         missing = sorted(names - self._vectors.keys())
         if missing:

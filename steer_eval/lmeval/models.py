@@ -16,7 +16,7 @@ from collections import defaultdict
 from lm_eval.api.model import LM
 from lm_eval.utils import simple_parse_args_string
 
-from steer_eval.activation import ACTIVATION_METHODS
+from steer_eval.activation import unsupported_backend
 from steer_eval.assembly import CONTROL_METHODS, MODES, AssembledPrompt, assemble, parse_steering
 from steer_eval.backends.spec import DEFAULT_HF_BATCH_SIZE, BackendSpec
 from steer_eval import __version__
@@ -98,9 +98,9 @@ class SteeringLM(LM):
         super().__init__()
         if control_method not in CONTROL_METHODS:
             raise BehaviorError(f"unknown control_method {control_method!r}; choose one of {', '.join(CONTROL_METHODS)}")
-        if control_method in ACTIVATION_METHODS and self.backend_name != "hf":
-            raise ModelArgsError(f"control_method={control_method} runs on steering_hf only (it adds vectors inside "
-                                 "the model, and vLLM has no per-request activation hook); use --model steering_hf")
+        refusal = unsupported_backend([control_method], self.backend_name, "use --model steering_hf")
+        if refusal:
+            raise ModelArgsError(refusal)
         if mode is not None and mode not in MODES:
             raise BehaviorError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self.pretrained = str(backend.model_spec if backend is not None else pretrained)
