@@ -195,6 +195,22 @@ def test_torchrun_two_cpu_processes_agree(tiny_model_dir, data, tmp_path):
     assert (tmp_path / "tokens" / "spanish" / "vector.safetensors").is_file()
 
 
+def test_resume_refuses_a_checkpoint_of_an_older_trainer(tmp_path):
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    torch.save({"config": {"model": "m", "autocast": "auto"}}, out_dir / "ckpt.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.resumed_config(["--out_dir", str(out_dir), "--resume"])
+    assert "another version of this trainer (settings autocast)" in str(exit_info.value)
+
+
+@pytest.mark.parametrize("flags", [["--dtype", "float16"], ["--group_size", "-2"]])
+def test_bad_precision_or_group_size_is_one_clear_line(flags, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.parse_config(["--data", "d.json", *flags])
+    assert exit_info.value.code == 2 and flags[0] in capsys.readouterr().err
+
+
 def test_missing_data_is_a_clear_error():
     with pytest.raises(SystemExit):
         trainer.parse_config(["--stage", "behaviour"])

@@ -96,6 +96,8 @@ def parse_config(argv=None) -> TrainConfig:
         parser.error("--subset is a fraction in (0, 1]")
     if config.dtype not in ("auto", "bfloat16", "float32"):
         parser.error(f"--dtype must be auto, bfloat16 or float32, not {config.dtype!r}")
+    if config.group_size < -1:
+        parser.error("--group_size is examples per micro-batch: 0 for the whole batch, -1 to choose by device")
     return config
 
 

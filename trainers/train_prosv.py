@@ -67,6 +67,8 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.positions < 1:
         parser.error("--positions must be at least 1 (a prompt-only vector steers some prompt positions)")
+    if args.group_size < -1:
+        parser.error("--group_size is examples per micro-batch: 0 for the whole batch, -1 to choose by device")
     return args
 
 
