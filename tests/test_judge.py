@@ -255,8 +255,11 @@ def test_scores_survive_a_kill_and_the_rerun_asks_only_for_the_rest(tmp_path, se
     records = write_records(tmp_path / "r.jsonl")
     hanging = serve(lambda number, body, headers: rubric_answer(body)[:2] + (0.0 if number <= 2 else 60.0,))
     env = {**os.environ, "LLM_JUDGE_BASE_URL": hanging.base_url, "LLM_JUDGE_MODEL": "judge-model"}
+    # Ctrl-C reaches a foreground process; a parent that ignores SIGINT (a shell's background job, as CI may
+    # run) would pass the ignoring on, so the child gets the default disposition back, as at a terminal.
     process = subprocess.Popen([sys.executable, "-m", "steer_eval.cli", "judge", str(records), "--concurrency", "1"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while len(hanging.requests) < 3 and time.monotonic() < deadline:
