@@ -87,13 +87,13 @@ class _ChunkedKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, head, temperature, chunk_rows):
+    def forward(ctx, student, teacher, head, bias, temperature, chunk_rows):
         per_row = torch.empty(student.shape[0], dtype=torch.float32, device=student.device)
         grad = torch.empty_like(student) if ctx.needs_input_grad[0] else None
         for start in range(0, student.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
-            teacher_logp = F.log_softmax(F.linear(teacher[rows], head).float() / temperature, dim=-1)
-            student_raw = F.linear(student[rows], head)
+            teacher_logp = F.log_softmax(F.linear(teacher[rows], head, bias).float() / temperature, dim=-1)
+            student_raw = F.linear(student[rows], head, bias)
             student_logp = F.log_softmax(student_raw.float() / temperature, dim=-1)
             per_row[rows] = F.kl_div(student_logp, teacher_logp, log_target=True, reduction="none").sum(-1)
             if grad is not None:
@@ -105,14 +105,14 @@ class _ChunkedKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        return grad * grad_output[:, None].to(grad.dtype), None, None, None, None
+        return grad * grad_output[:, None].to(grad.dtype), None, None, None, None, None
 
 
-def response_kl(student_hidden, teacher_hidden, head_weight, temperature: float) -> torch.Tensor:
+def response_kl(student_hidden, teacher_hidden, head_weight, temperature: float, head_bias=None) -> torch.Tensor:
     """Per-row KL(teacher || student) at temperature T over response positions, (rows,), differentiable in the
     student's hidden states; the logits exist one chunk of rows at a time."""
     chunk_rows = max(1, CHUNK_ELEMENTS // head_weight.shape[0])
-    return _ChunkedKL.apply(student_hidden, teacher_hidden.detach(), head_weight, temperature, chunk_rows)
+    return _ChunkedKL.apply(student_hidden, teacher_hidden.detach(), head_weight, head_bias, temperature, chunk_rows)
 
 
 def default_group_size(device: str) -> int:
@@ -137,7 +137,7 @@ def distillation_step(model, teachers: Sequence, students: Sequence, responses: 
     """The batch's loss (detached). With `backward`, the gradient of that loss accumulates into the vectors
     (and whatever `student_context(rows)` puts into the student pass, e.g. PrOSV's hooks)."""
     embedding_weight = model.get_input_embeddings().weight
-    head_weight = model.get_output_embeddings().weight
+    head = model.get_output_embeddings()
     device = embedding_weight.device
     total_rows = sum(len(r) for r in responses)
     lengths = [len(t.input_ids) + len(s.input_ids) + 2 * len(r) for t, s, r in zip(teachers, students, responses)]
@@ -150,7 +150,7 @@ def distillation_step(model, teachers: Sequence, students: Sequence, responses: 
         with torch.set_grad_enabled(backward), (student_context(rows) if student_context else contextlib.nullcontext()):
             student = response_hidden(model, pack_batch([students[i] for i in rows], group_responses, device),
                                       embedding_weight, vectors)
-            per_row = response_kl(student, teacher, head_weight, temperature)
+            per_row = response_kl(student, teacher, head.weight, temperature, head.bias)
             # One group: the same reductions as the plain `kl.mean() * T**2`, so the value is identical.
             share = (per_row.mean() if len(rows) == len(lengths) else per_row.sum() / total_rows) * temperature ** 2
         if backward and share.requires_grad:

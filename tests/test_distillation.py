@@ -139,3 +139,13 @@ def test_response_kl_is_the_kl_of_the_softened_distributions():
     expected = (p * (p.log() - torch.log_softmax(student @ head.T / t, -1))).sum(-1)
     assert torch.allclose(distillation.response_kl(student, teacher, head, t), expected, atol=1e-6)
     assert distillation.response_kl(teacher, teacher, head, t).abs().max() < 1e-6
+    bias = torch.randn(11, generator=generator)  # an output layer with a bias (e.g. Phi-2's)
+    p = torch.softmax((teacher @ head.T + bias) / t, -1)
+    expected = (p * (p.log() - torch.log_softmax((student @ head.T + bias) / t, -1))).sum(-1)
+    assert torch.allclose(distillation.response_kl(student, teacher, head, t, bias), expected, atol=1e-6)
+    wanted = student.clone().requires_grad_(True)
+    logits = (wanted @ head.T + bias) / t
+    (p * (p.log() - torch.log_softmax(logits, -1))).sum(-1).sum().backward()
+    fast = student.clone().requires_grad_(True)
+    distillation.response_kl(fast, teacher, head, t, bias).sum().backward()
+    assert torch.allclose(fast.grad, wanted.grad, atol=1e-6)
