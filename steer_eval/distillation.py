@@ -115,9 +115,20 @@ def response_kl(student_hidden, teacher_hidden, head_weight, temperature: float,
     return _ChunkedKL.apply(student_hidden, teacher_hidden.detach(), head_weight, head_bias, temperature, chunk_rows)
 
 
-def default_group_size(device: str) -> int:
-    """Measured (results/bench/train_speed.md): on a CPU, padding is compute, and micro-batches of 4 ran a batch of
-    32 2.4x faster than one padded batch; on a GPU each extra forward costs launch time, so the whole batch."""
+def training_dtype(requested: str, device: str) -> str:
+    """The frozen model's dtype: `auto` is bfloat16 on a CUDA device that has it (no float32 master copy is needed,
+    nothing of the model trains), float32 elsewhere."""
+    if requested != "auto":
+        return requested
+    return "bfloat16" if str(device).startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
+
+
+def training_group_size(requested: int, device: str) -> int:
+    """Examples per micro-batch; -1 chooses by device, as measured (results/bench/train_speed.md): on a CPU padding is
+    compute, and groups of 4 ran a batch of 32 2.4x faster than one padded batch; on a GPU each extra forward costs
+    launch time, so the whole batch (0)."""
+    if requested >= 0:
+        return requested
     return 0 if str(device).startswith("cuda") else 4
 
 

@@ -149,3 +149,10 @@ def test_response_kl_is_the_kl_of_the_softened_distributions():
     fast = student.clone().requires_grad_(True)
     distillation.response_kl(fast, teacher, head, t, bias).sum().backward()
     assert torch.allclose(fast.grad, wanted.grad, atol=1e-6)
+
+
+def test_device_defaults_are_chosen_in_one_place():
+    assert distillation.training_group_size(-1, "cpu") == 4 and distillation.training_group_size(-1, "cuda:1") == 0
+    assert distillation.training_group_size(8, "cpu") == 8 and distillation.training_group_size(0, "cpu") == 0
+    assert distillation.training_dtype("auto", "cpu") == "float32"
+    assert distillation.training_dtype("bfloat16", "cpu") == "bfloat16"

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/train.py` from a checkout
 from steer_eval.assembly import assemble  # noqa: E402
 from steer_eval.behaviors import AND_TOKEN, BehaviorError, get_behavior  # noqa: E402
-from steer_eval.distillation import default_group_size, distillation_step  # noqa: E402
+from steer_eval.distillation import distillation_step, training_dtype, training_group_size  # noqa: E402
 from steer_eval.models import load_model, model_label  # noqa: E402
 from steer_eval.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore, default_tokens_dir  # noqa: E402
 
@@ -243,14 +243,12 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
         device = config.device
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
-    dtype = config.dtype if config.dtype != "auto" else (
-        "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32")
-    group_size = config.group_size if config.group_size >= 0 else default_group_size(device)
+    dtype = training_dtype(config.dtype, device)
+    group_size = training_group_size(config.group_size, device)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
-    # The base is frozen, so it needs no float32 master copy: in bfloat16 every op runs in bfloat16. The trained
-    # vectors stay float32 parameters.
+    # In bfloat16 every op of the frozen base runs in bfloat16; the trained vectors stay float32 parameters.
     model, tokenizer = load_model(config.model, device=device, dtype=dtype)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

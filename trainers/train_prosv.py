@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers
 from steer_eval.activation import Intervention, added_to_layers, check_layer, decoder_layers, vector_name  # noqa: E402
 from steer_eval.assembly import assemble  # noqa: E402
 from steer_eval.behaviors import BehaviorError  # noqa: E402
-from steer_eval.distillation import default_group_size, distillation_step  # noqa: E402
+from steer_eval.distillation import distillation_step, training_dtype, training_group_size  # noqa: E402
 from steer_eval.models import load_model, model_label  # noqa: E402
 from steer_eval.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore, default_tokens_dir  # noqa: E402
 
@@ -87,8 +87,8 @@ def student_deltas(directions, factors, behaviors):
 
 def train(args) -> dict:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
-    group_size = args.group_size if args.group_size >= 0 else default_group_size(device)
+    dtype = training_dtype("auto", device)
+    group_size = training_group_size(args.group_size, device)
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(args.model, device=device, dtype=dtype)
     layer = len(decoder_layers(model)) // 2 if args.layer is None else args.layer
