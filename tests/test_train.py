@@ -211,6 +211,17 @@ def test_bad_precision_or_group_size_is_one_clear_line(flags, capsys):
     assert exit_info.value.code == 2 and flags[0] in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content, message", [(None, "does not exist"), ("{not json", "not valid JSON"),
+                                              ('[1, 2]', "every record needs"), ('{"a": 1}', "every record needs")])
+def test_bad_data_files_are_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "data.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.load_records([path])
+    assert message in str(exit_info.value) and str(path) in str(exit_info.value)
+
+
 def test_missing_data_is_a_clear_error():
     with pytest.raises(SystemExit):
         trainer.parse_config(["--stage", "behaviour"])

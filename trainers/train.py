@@ -106,11 +106,16 @@ def parse_config(argv=None) -> TrainConfig:
 def load_records(paths) -> list[dict]:
     records = []
     for path in paths:
+        if not Path(path).is_file():
+            sys.exit(f"train.py: {path} does not exist; make the data with trainers/build_data.py")
         text = Path(path).read_text(encoding="utf-8")
-        rows = ([json.loads(line) for line in text.splitlines() if line.strip()] if str(path).endswith(".jsonl")
-                else json.loads(text))
-        for row in rows:
-            if not {"prompt", "response", "behaviors"} <= row.keys():
+        try:
+            rows = ([json.loads(line) for line in text.splitlines() if line.strip()] if str(path).endswith(".jsonl")
+                    else json.loads(text))
+        except json.JSONDecodeError as error:
+            sys.exit(f"train.py: {path} is not valid JSON ({error}); make the data with trainers/build_data.py")
+        for row in rows if isinstance(rows, list) else [rows]:
+            if not isinstance(row, dict) or not {"prompt", "response", "behaviors"} <= row.keys():
                 sys.exit(f"train.py: {path}: every record needs prompt, response and behaviors "
                          "(make the file with trainers/build_data.py)")
             records.append(row)
