@@ -7,12 +7,15 @@ both alike. The first step of each is a warm-up and is not counted.
 - reference: what one writes first. Per-example embedding, one right-padded batch, the model's full-vocabulary
   logits at every position (`model(inputs_embeds=...).logits`), then KL(teacher || student) at temperature T over
   the response positions, times T^2; teacher forward under no_grad, student forward and backward.
-- trainer: `steer_eval.distillation.distillation_step`, as trainers/train.py calls it, for each `--group_sizes`.
+- trainer: `steer_eval.distillation.distillation_step`, as trainers/train.py calls it, for each `--group_sizes`;
+  with `--cuda_graphs` also as one group whose decoder passes replay CUDA graphs (`steer_eval.decoder_graphs`).
+  Graphs are captured once per padded shape: a pass over all the batches captures every shape before the timed
+  steps, and its time and the number of shapes are reported apart (`capture`).
 
 Tokens are the student's real tokens (prompt + steering slot + response), the trainer's own count.
 
     python benchmarks/bench_train.py --data data/language/german_train.json --batch_size 8 --label cpu_b8
-    python benchmarks/bench_train.py --data .../german_train.json --batch_size 32 --group_sizes 0 8 16 --label h200_b32
+    python benchmarks/bench_train.py --data .../german_train.json --batch_size 32 --cuda_graphs --label h200_b32
 """
 import argparse
 import ctypes
@@ -32,6 +35,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from steer_eval.assembly import embed  # noqa: E402
+from steer_eval.decoder_graphs import DecoderGraphs  # noqa: E402
 from steer_eval.distillation import distillation_step  # noqa: E402
 from steer_eval.models import load_model  # noqa: E402
 
@@ -137,6 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", nargs="+", required=True, help="single-behaviour files from build_data.py")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--group_sizes", type=int, nargs="+", default=[0], help="trainer variants (0: one group)")
+    parser.add_argument("--cuda_graphs", action="store_true", help="also the trainer with CUDA graphs (one group)")
     parser.add_argument("--steps", type=int, default=5, help="measured steps per method (after one warm-up)")
     parser.add_argument("--max_response_tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=10.0)
@@ -145,6 +150,8 @@ def main(argv=None) -> int:
     parser.add_argument("--label", required=True, help="names the output file train_speed_<label>.json")
     parser.add_argument("--out", default=str(REPO / "results" / "bench"))
     args = parser.parse_args(argv)
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        parser.error("--cuda_graphs needs a CUDA --device")
     trainer = _trainer()
     dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     model, tokenizer = load_model(args.model, device=args.device, dtype=dtype)
@@ -154,8 +161,22 @@ def main(argv=None) -> int:
     for size in args.group_sizes:
         methods[f"trainer_group{size}"] = (lambda t, s, r, size=size: distillation_step(
             model, t, s, r, {behaviour: vector}, args.temperature, group_size=size))
-    results = {name: {"seconds": [], "tokens": 0, "peak_bytes": 0, "losses": []} for name in methods}
-    for step, (teachers, students, responses, tokens) in enumerate(batches(trainer, args, tokenizer)):
+    chosen = batches(trainer, args, tokenizer)
+    capture = None
+    if args.cuda_graphs:
+        graphs = DecoderGraphs(model)
+        methods["trainer_cuda_graphs"] = lambda t, s, r: distillation_step(
+            model, t, s, r, {behaviour: vector}, args.temperature, graphs=graphs)
+        started = time.perf_counter()
+        for teachers, students, responses, _ in chosen:
+            distillation_step(model, teachers, students, responses, {behaviour: vector}, args.temperature,
+                              graphs=graphs, backward=False)
+        capture = {"shapes": len(graphs.graphed), "capture_seconds": round(graphs.capture_seconds, 2),
+                   "pass_seconds": round(time.perf_counter() - started, 2),
+                   "length_step": graphs.length_step}
+        print(f"captured {capture}", flush=True)
+    results = {name: {"seconds": [], "tokens": 0, "peak_bytes": 0, "losses": [], "grads": []} for name in methods}
+    for step, (teachers, students, responses, tokens) in enumerate(chosen):
         order = list(methods) if step % 2 == 0 else list(methods)[::-1]
         for name in order:
             vector.grad = None
@@ -170,6 +191,7 @@ def main(argv=None) -> int:
             entry["tokens"] += tokens
             entry["peak_bytes"] = max(entry["peak_bytes"], memory.bytes)
             entry["losses"].append(loss)
+            entry["grads"].append(vector.grad.detach().float().cpu().clone())
         print(f"step {step}: " + ", ".join(f"{n} {results[n]['seconds'][-1]:.3f}s" for n in methods if step), flush=True)
 
     reference = results["reference"]
@@ -179,11 +201,13 @@ def main(argv=None) -> int:
         summary[name] = {"s_per_step": seconds / len(entry["seconds"]), "tokens_per_s": entry["tokens"] / seconds,
                          "peak_memory_mib": round(entry["peak_bytes"] / 2 ** 20, 1),
                          "max_relative_loss_difference_to_reference": max(
-                             abs(a - b) / abs(b) for a, b in zip(entry["losses"], reference["losses"]))}
+                             abs(a - b) / abs(b) for a, b in zip(entry["losses"], reference["losses"])),
+                         "max_relative_gradient_difference_to_reference": max(
+                             ((a - b).norm() / b.norm()).item() for a, b in zip(entry["grads"], reference["grads"]))}
     for name in summary:
         summary[name]["speed_vs_reference"] = summary[name]["tokens_per_s"] / summary["reference"]["tokens_per_s"]
     result = {"label": args.label, "batch_size": args.batch_size, "dtype": dtype, "device": args.device,
-              "steps_measured": args.steps, "data": [Path(d).name for d in args.data], "methods": summary,
+              "steps_measured": args.steps, "cuda_graph_capture": capture, "data": [Path(d).name for d in args.data], "methods": summary,
               "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine(args.device)}
     out = Path(args.out)

@@ -9,7 +9,9 @@ T^2, averaged over every response token of the batch. Three things make it faste
 - the batch runs in micro-batches of similar length (`group_size`), so fewer padded positions are computed; the
   gradients of the groups add up to the batch's gradient;
 - the vocabulary projection and the KL run over chunks of response positions, and the gradient of the student's
-  hidden states is formed in the same pass, so the (tokens x vocabulary) logits never exist in full.
+  hidden states is formed in the same pass, so the (tokens x vocabulary) logits never exist in full;
+- on a GPU, the decoder's passes replay CUDA graphs (`steer_eval.decoder_graphs`), since there a small model's step
+  is bound by kernel launches, not arithmetic.
 """
 from __future__ import annotations
 
@@ -71,10 +73,14 @@ def embed_batch(packed: PackedBatch, embedding_weight: torch.Tensor,
     return embeds.index_put((packed.slot_rows, packed.slot_cols), replacement)
 
 
-def response_hidden(model, packed: PackedBatch, embedding_weight, vectors) -> torch.Tensor:
-    """The decoder's last hidden states at response positions only, (response tokens, hidden)."""
+def response_hidden(model, packed: PackedBatch, embedding_weight, vectors, graphs=None) -> torch.Tensor:
+    """The decoder's last hidden states at response positions only, (response tokens, hidden); through `graphs`
+    (a DecoderGraphs) if given."""
     embeds = embed_batch(packed, embedding_weight, vectors)
-    hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=packed.mask).last_hidden_state
+    if graphs is not None:
+        hidden = graphs(embeds)
+    else:
+        hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=packed.mask).last_hidden_state
     return hidden[packed.response_rows, packed.response_cols]
 
 
@@ -132,6 +138,15 @@ def training_group_size(requested: int, device: str) -> int:
     return 0 if str(device).startswith("cuda") else 4
 
 
+def training_graphs(requested: str, device: str) -> bool:
+    """Whether the decoder runs as CUDA graphs: `auto` on a CUDA device, where they ran a batch of 32 of the default
+    model faster (results/bench/train_speed.md); `on` anywhere else is refused (graphs are CUDA's)."""
+    on_cuda = str(device).startswith("cuda")
+    if requested == "on" and not on_cuda:
+        raise ValueError(f"CUDA graphs need a CUDA device, and this training runs on {device}; use --cuda_graphs off")
+    return requested == "on" or (requested == "auto" and on_cuda)
+
+
 def length_groups(lengths: Sequence[int], group_size: int) -> list[list[int]]:
     """Row indices in micro-batches of `group_size`, longest rows together (0: the whole batch, in order)."""
     if group_size <= 0 or group_size >= len(lengths):
@@ -143,10 +158,11 @@ def length_groups(lengths: Sequence[int], group_size: int) -> list[list[int]]:
 def distillation_step(model, teachers: Sequence, students: Sequence, responses: Sequence[Sequence[int]],
                       vectors: Mapping[str, torch.Tensor], temperature: float, *, group_size: int = 0,
                       backward: bool = True,
-                      student_context: Callable[[list[int]], contextlib.AbstractContextManager] | None = None
-                      ) -> torch.Tensor:
+                      student_context: Callable[[list[int]], contextlib.AbstractContextManager] | None = None,
+                      graphs=None) -> torch.Tensor:
     """The batch's loss (detached). With `backward`, the gradient of that loss accumulates into the vectors
-    (and whatever `student_context(rows)` puts into the student pass, e.g. PrOSV's hooks)."""
+    (and whatever `student_context(rows)` puts into the student pass, e.g. PrOSV's hooks). `graphs` (a
+    DecoderGraphs) runs the decoder's passes as CUDA graphs; it cannot see hooks a `student_context` adds."""
     embedding_weight = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     device = embedding_weight.device
@@ -157,10 +173,10 @@ def distillation_step(model, teachers: Sequence, students: Sequence, responses: 
         group_responses = [responses[i] for i in rows]
         with torch.no_grad():
             teacher = response_hidden(model, pack_batch([teachers[i] for i in rows], group_responses, device),
-                                      embedding_weight, {})
+                                      embedding_weight, {}, graphs)
         with torch.set_grad_enabled(backward), (student_context(rows) if student_context else contextlib.nullcontext()):
             student = response_hidden(model, pack_batch([students[i] for i in rows], group_responses, device),
-                                      embedding_weight, vectors)
+                                      embedding_weight, vectors, graphs)
             per_row = response_kl(student, teacher, head.weight, temperature, head.bias)
             # One group: the same reductions as the plain `kl.mean() * T**2`, so the value is identical.
             share = (per_row.mean() if len(rows) == len(lengths) else per_row.sum() / total_rows) * temperature ** 2

@@ -131,10 +131,11 @@ def test_trainer_saves_vectors_the_backend_uses(tiny_model_dir, tmp_path):
         TokenStore(tokens).load("caa/german")
 
 
-def test_trainer_refuses_an_empty_selection(tiny_model_dir, tmp_path):
+def test_trainer_refuses_an_empty_selection(tiny_model_dir, tmp_path, capsys):
     trainer = _trainer()
     data = tmp_path / "german_train.json"
     data.write_text(json.dumps([{"prompt": "x", "response": "y", "behaviors": ["german"]}]))
-    with pytest.raises(SystemExit, match="no training records"):
+    with pytest.raises(SystemExit) as exit_info:
         trainer.train(trainer.parse_args(["--model", str(tiny_model_dir), "--data", str(data),
                                           "--behaviors", "spanish", "--out_dir", str(tmp_path / "run")]))
+    assert exit_info.value.code == 2 and "no training records" in capsys.readouterr().err

@@ -169,14 +169,15 @@ class _RunsCode:
         return (Path.write_text, (Path(self.marker), "code ran"))
 
 
-def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path):
+def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path, capsys):
     marker = tmp_path / "pwned"
     out_dir = tmp_path / "run"
     out_dir.mkdir()
     torch.save({"config": {}, "payload": _RunsCode(marker)}, out_dir / "ckpt.pt")
     with pytest.raises(SystemExit) as exit_info:
         trainer.resumed_config(["--out_dir", str(out_dir), "--resume", "--model", "m", "--data", "d.jsonl"])
-    assert "is not a checkpoint this trainer wrote" in str(exit_info.value) and "without --resume" in str(exit_info.value)
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "is not a checkpoint this trainer wrote" in error and "without --resume" in error
     assert not marker.exists()
     torch.load(out_dir / "ckpt.pt", weights_only=False)  # the same file under full unpickling: the code runs
     assert marker.read_text() == "code ran"
@@ -195,16 +196,18 @@ def test_torchrun_two_cpu_processes_agree(tiny_model_dir, data, tmp_path):
     assert (tmp_path / "tokens" / "spanish" / "vector.safetensors").is_file()
 
 
-def test_resume_refuses_a_checkpoint_of_an_older_trainer(tmp_path):
+def test_resume_refuses_a_checkpoint_of_an_older_trainer(tmp_path, capsys):
     out_dir = tmp_path / "run"
     out_dir.mkdir()
     torch.save({"config": {"model": "m", "autocast": "auto"}}, out_dir / "ckpt.pt")
     with pytest.raises(SystemExit) as exit_info:
         trainer.resumed_config(["--out_dir", str(out_dir), "--resume"])
-    assert "another version of this trainer (settings autocast)" in str(exit_info.value)
+    assert exit_info.value.code == 2
+    assert "another version of this trainer (settings autocast)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags", [["--dtype", "float16"], ["--group_size", "-2"]])
+@pytest.mark.parametrize("flags", [["--dtype", "float16"], ["--group_size", "-2"], ["--cuda_graphs", "yes"],
+                                   ["--cuda_graphs", "on", "--gradient_checkpointing"]])
 def test_bad_precision_or_group_size_is_one_clear_line(flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
         trainer.parse_config(["--data", "d.json", *flags])
@@ -213,13 +216,14 @@ def test_bad_precision_or_group_size_is_one_clear_line(flags, capsys):
 
 @pytest.mark.parametrize("content, message", [(None, "does not exist"), ("{not json", "not valid JSON"),
                                               ('[1, 2]', "every record needs"), ('{"a": 1}', "every record needs")])
-def test_bad_data_files_are_one_clear_line(tmp_path, content, message):
+def test_bad_data_files_are_one_clear_line(tmp_path, content, message, capsys):
     path = tmp_path / "data.json"
     if content is not None:
         path.write_text(content)
     with pytest.raises(SystemExit) as exit_info:
         trainer.load_records([path])
-    assert message in str(exit_info.value) and str(path) in str(exit_info.value)
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in error and str(path) in error and len(error.splitlines()) == 1
 
 
 def test_missing_data_is_a_clear_error():

@@ -9,8 +9,8 @@
 #                  venv WITH their .dist-info: transformers reads gguf's version from it) and orjson (compiled: a
 #                  cp312 manylinux wheel for the machine's Python 3.12, unpacked)
 #   .gpu/b/tok     the tokenizer and config files of the local model folder, so token ids match the CPU exactly
-#   .gpu/code      steer_eval, benchmarks and the shipped tokens as committed at HEAD (not the working tree, which
-#                  others may be editing) + trainers/
+#   .gpu/code      steer_eval, benchmarks, the shipped tokens and the CUDA tests (tests/test_decoder_graphs.py with
+#                  its conftest) as committed at HEAD (not the working tree, which others may be editing) + trainers/
 # Then, on one warm machine (it is given back 30 s after a call, so issue each call right after the last):
 #   run(carry=[".gpu/a1"]):             mkdir -p /root/cache && cp .gpu/a1/part1 /root/cache/part1
 #   run(carry=[".gpu/a2", ".gpu/r"]):   cp .gpu/a2/part1b /root/cache/ && cp -r .gpu/r /root/r
@@ -41,7 +41,8 @@ for pkg in gguf py3langid jsonlines; do cp -r "$SITE/$pkg" "$SITE/$pkg"-*.dist-i
 for f in chat_template.jinja config.json generation_config.json tokenizer.json tokenizer_config.json; do
   cp "$MODEL_DIR/$f" .gpu/b/tok/
 done
-git archive HEAD steer_eval benchmarks models/SmolLM2-135M-Instruct/steering_tokens | tar x -C .gpu/code
+git archive HEAD steer_eval benchmarks models/SmolLM2-135M-Instruct/steering_tokens tests/conftest.py \
+    tests/test_decoder_graphs.py | tar x -C .gpu/code
 cp -r trainers .gpu/code/
 find .gpu -name __pycache__ -prune -exec rm -rf {} +
 du -sh .gpu/a1 .gpu/a2 .gpu/r .gpu/b .gpu/code

@@ -7,7 +7,8 @@ so the frozen model reading `prompt <b>` matches the same model reading `prompt 
 per example) on the teacher's response: KL(teacher || student) at temperature T, times T^2, over response tokens.
 Stage `and`: behaviour vectors frozen (loaded from the token store), `<and>` zero-initialised and trained on pairs
 `prompt <b1><and><b2>`, plus lambda_orth * sum_b cos(e_and, e_b)^2. The model pass and the loss are
-`steer_eval.distillation.distillation_step` (packed on the host, length-grouped, logits in chunks).
+`steer_eval.distillation.distillation_step` (packed on the host, length-grouped, logits in chunks, on a GPU the
+decoder as CUDA graphs).
 
     python trainers/train.py --stage behaviour --data data/language/german_train.json --lr 3e-3
     torchrun --standalone --nproc-per-node=2 trainers/train.py ...   # data parallel (gloo on CPU, nccl on GPU)
@@ -34,7 +35,9 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/train.py` from a checkout
 from steer_eval.assembly import assemble  # noqa: E402
 from steer_eval.behaviors import AND_TOKEN, BehaviorError, get_behavior  # noqa: E402
-from steer_eval.distillation import distillation_step, training_dtype, training_group_size  # noqa: E402
+from steer_eval.decoder_graphs import DecoderGraphs  # noqa: E402
+from steer_eval.distillation import (distillation_step, training_dtype, training_graphs,  # noqa: E402
+                                     training_group_size)
 from steer_eval.models import load_model, model_label  # noqa: E402
 from steer_eval.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore, default_tokens_dir  # noqa: E402
 
@@ -59,6 +62,7 @@ class TrainConfig:
     max_response_tokens: int = 256
     dtype: str = "auto"  # of the frozen model: auto (bfloat16 on CUDA, float32 elsewhere) | bfloat16 | float32
     group_size: int = -1  # examples per length-sorted micro-batch of a step; 0: the whole batch; -1: by device
+    cuda_graphs: str = "auto"  # the decoder's passes replayed as CUDA graphs: auto (on a CUDA device) | on | off
     gradient_checkpointing: bool = False
     run_validation: bool = False
     val_data_path: list = field(default_factory=list)  # JSON files like --data, for --run_validation
@@ -98,7 +102,17 @@ def parse_config(argv=None) -> TrainConfig:
         parser.error(f"--dtype must be auto, bfloat16 or float32, not {config.dtype!r}")
     if config.group_size < -1:
         parser.error("--group_size is examples per micro-batch: 0 for the whole batch, -1 to choose by device")
+    if config.cuda_graphs not in ("auto", "on", "off"):
+        parser.error(f"--cuda_graphs must be auto, on or off, not {config.cuda_graphs!r}")
+    if config.cuda_graphs == "on" and config.gradient_checkpointing:
+        parser.error("--cuda_graphs on and --gradient_checkpointing do not go together; choose one")
     return config
+
+
+def fail(message: str):
+    """Bad input: one line on stderr naming the problem and the fix, and exit status 2, as argparse's own errors."""
+    print(f"{Path(sys.argv[0]).name or 'train.py'}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 # ----------------------------------------------------------------------------- data
@@ -107,16 +121,16 @@ def load_records(paths) -> list[dict]:
     records = []
     for path in paths:
         if not Path(path).is_file():
-            sys.exit(f"train.py: {path} does not exist; make the data with trainers/build_data.py")
+            fail(f"{path} does not exist; make the data with trainers/build_data.py")
         text = Path(path).read_text(encoding="utf-8")
         try:
             rows = ([json.loads(line) for line in text.splitlines() if line.strip()] if str(path).endswith(".jsonl")
                     else json.loads(text))
         except json.JSONDecodeError as error:
-            sys.exit(f"train.py: {path} is not valid JSON ({error}); make the data with trainers/build_data.py")
+            fail(f"{path} is not valid JSON ({error}); make the data with trainers/build_data.py")
         for row in rows if isinstance(rows, list) else [rows]:
             if not isinstance(row, dict) or not {"prompt", "response", "behaviors"} <= row.keys():
-                sys.exit(f"train.py: {path}: every record needs prompt, response and behaviors "
+                fail(f"{path}: every record needs prompt, response and behaviors "
                          "(make the file with trainers/build_data.py)")
             records.append(row)
     return records
@@ -135,10 +149,10 @@ def make_examples(records, tokenizer, stage, max_response_tokens) -> list[Exampl
     for row in records:
         behaviors = tuple(row["behaviors"])
         if (stage == "and") != (len(behaviors) > 1):
-            sys.exit(f"train.py: stage {stage} got a record with behaviours {list(behaviors)}; "
+            fail(f"stage {stage} got a record with behaviours {list(behaviors)}; "
                      "stage behaviour takes single-behaviour files, stage and takes pair files")
         if stage == "and" and any(get_behavior(b).unseen for b in behaviors):
-            sys.exit(f"train.py: <and> is trained on seen behaviours only, but a record holds {list(behaviors)}; "
+            fail(f"<and> is trained on seen behaviours only, but a record holds {list(behaviors)}; "
                      "held-out (unseen) behaviours measure zero-shot composition")
         student = assemble(row["prompt"], behaviors, tokenizer, control_method="steering", mode="composition")
         # The end-of-turn token is part of the target: length behaviours are largely about when to stop.
@@ -209,16 +223,16 @@ def resumed_config(argv=None) -> tuple[TrainConfig, Optional[dict]]:
     if not config.resume:
         return config, None
     if not checkpoint_path.is_file():
-        sys.exit(f"train.py: --resume but {checkpoint_path} does not exist; start without --resume")
+        fail(f"--resume but {checkpoint_path} does not exist; start without --resume")
     try:
         # weights_only: tensors and plain containers only; a crafted pickle cannot run code on --resume.
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        sys.exit(f"train.py: {checkpoint_path} is not a checkpoint this trainer wrote ({str(error).splitlines()[0]}); "
+        fail(f"{checkpoint_path} is not a checkpoint this trainer wrote ({str(error).splitlines()[0]}); "
                  "move it away and start without --resume")
     unknown = sorted(set(checkpoint["config"]) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
-        sys.exit(f"train.py: {checkpoint_path} was written by another version of this trainer (settings "
+        fail(f"{checkpoint_path} was written by another version of this trainer (settings "
                  f"{', '.join(unknown)}); start without --resume")
     # Exact continuation: everything comes from the checkpoint except where to stop and which device to use.
     saved = TrainConfig(**checkpoint["config"])
@@ -232,7 +246,7 @@ def main(argv=None):
     try:
         return train(*resumed_config(argv))
     except (BehaviorError, TokenError) as error:
-        sys.exit(f"train.py: error: {error}")
+        fail(str(error))
 
 
 def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
@@ -250,6 +264,10 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
         torch.cuda.set_device(device)
     dtype = training_dtype(config.dtype, device)
     group_size = training_group_size(config.group_size, device)
+    try:
+        use_graphs = training_graphs(config.cuda_graphs, device) and not config.gradient_checkpointing
+    except ValueError as error:
+        fail(str(error))
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
@@ -258,6 +276,7 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()  # HF only checkpoints in train mode; the model has no dropout, so outputs are unchanged
+    graphs = DecoderGraphs(model) if use_graphs else None
     embedding_weight = model.get_input_embeddings().weight
     identity = ModelIdentity.of(model_label(config.model), embedding_weight)
     store = TokenStore(config.tokens_dir or default_tokens_dir(model_label(config.model)))
@@ -290,7 +309,8 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
         """(kl, orth, student tokens); with `backward`, their gradients accumulate into the parameters."""
         teachers = [teacher_prompt(e, tokenizer, example_rng(config.seed, epoch, i)) for e, i in zip(batch, indices)]
         kl = distillation_step(model, teachers, [e.student for e in batch], [e.response_ids for e in batch],
-                               vectors, config.temperature, group_size=group_size, backward=backward)
+                               vectors, config.temperature, group_size=group_size, backward=backward,
+                               graphs=graphs)
         orth = (orthogonality_penalty(params[AND_TOKEN], frozen.values()) if config.stage == "and"
                 else kl.new_zeros(()))
         if backward and orth.requires_grad:
@@ -334,7 +354,7 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
     if master:
         print(f"stage {config.stage}: {len(examples)} examples, tokens {names}, {total_steps} steps "
               f"({config.epochs} epochs x {steps_per_epoch}), world {world}, device {device}, {dtype}, groups of "
-              f"{group_size or config.batch_size}"
+              f"{group_size or config.batch_size}" + (", CUDA graphs" if graphs else "")
               + (f", resuming at step {step}" if step else ""), flush=True)
 
     last_step = total_steps if not config.stop_after else min(total_steps, config.stop_after)
@@ -380,6 +400,8 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
     progress.close()
 
     summary = {"steps": step, "examples": len(examples), "world_size": world, "device": device, "dtype": dtype,
+               "cuda_graphs": {"shapes": len(graphs.graphed), "capture_seconds": round(graphs.capture_seconds, 1)}
+               if graphs else None,
                "seconds_this_run": round(time.time() - started, 1), "final_loss": last_loss}
     if distributed:  # the ranks must agree exactly, or the saved token would depend on which rank wrote it
         for name, p in params.items():

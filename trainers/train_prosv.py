@@ -77,7 +77,7 @@ def main(argv=None):
     try:
         return train(args)
     except (BehaviorError, TokenError) as error:
-        sys.exit(f"train_prosv.py: error: {error}")
+        distill.fail(str(error))
 
 
 def student_deltas(directions, factors, behaviors):
@@ -102,7 +102,7 @@ def train(args) -> dict:
         records = [r for r in records if r["behaviors"][0] in args.behaviors]
     examples = distill.make_examples(records, tokenizer, "behaviour", args.max_response_tokens)
     if not examples:
-        sys.exit("train_prosv.py: error: no training records for the behaviours asked for; check --data and --behaviors")
+        distill.fail("no training records for the behaviours asked for; check --data and --behaviors")
     students = [assemble(e.prompt, e.behaviors, tokenizer, control_method="prosv") for e in examples]
     names = sorted({e.behaviors[0] for e in examples})
     generator = torch.Generator().manual_seed(args.seed)

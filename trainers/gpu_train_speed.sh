@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Training speed with the decoder as CUDA graphs, on a lent GPU (run through trainers/gpu_call.sh with
+# RUN='bash .gpu/code/trainers/gpu_train_speed.sh'). Stages, each resumable by its done-marker:
+#   data_speed        teacher data for german and words_10_50 (the first 400 train prompts, 3 samples, filtered)
+#   test_graphs       tests/test_decoder_graphs.py, whose CUDA tests capture graphs and replay them against the
+#                     eager step
+#   bench_b32, bench_b8   benchmarks/bench_train.py: the plain reference, the trainer's step in one group, and the
+#                     same step with CUDA graphs, side by side
+#   train_graphs_off, train_graphs_on   one epoch of trainers/train.py on that data, batch 32, --cuda_graphs off/on
+# Needs MODEL, W and PYTHONPATH as gpu_call.sh sets them.
+set -euo pipefail
+: "${MODEL:?model folder}" "${W:?work folder}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+CODE="$(dirname "$HERE")"
+PY="python3 -u"
+GEN_BATCH="${GEN_BATCH:-512}"
+stage() { [ -f "$W/done.$1" ] && echo "== $1: done" && return 1; echo "== $1 ($(date +%T))"; }
+mark() { touch "$W/done.$1"; }
+mkdir -p "$W/bench"
+
+if stage data_speed; then
+  $PY "$HERE/build_data.py" --model "$MODEL" --behaviors german words_10_50 --samples 3 --temperature 0.7 --filter \
+      --limit 400 --batch_size "$GEN_BATCH" --dtype float32 --out_dir "$W/data_speed"
+  mark data_speed
+fi
+if stage test_graphs; then
+  (cd "$CODE" && $PY -m pytest -q -p no:cacheprovider tests/test_decoder_graphs.py 2>&1) | tee "$W/bench/test_graphs.log"
+  mark test_graphs
+fi
+GERMAN="$W/data_speed/language/german_train.json"
+if stage bench_b32; then
+  $PY "$CODE/benchmarks/bench_train.py" --model "$MODEL" --data "$GERMAN" --batch_size 32 --steps 10 \
+      --group_sizes 0 --cuda_graphs --label h200_b32_graphs --out "$W/bench"
+  mark bench_b32
+fi
+if stage bench_b8; then
+  $PY "$CODE/benchmarks/bench_train.py" --model "$MODEL" --data "$GERMAN" --batch_size 8 --steps 10 \
+      --group_sizes 0 --cuda_graphs --label h200_b8_graphs --out "$W/bench"
+  mark bench_b8
+fi
+for graphs in off on; do
+  if stage "train_graphs_$graphs"; then
+    $PY "$HERE/train.py" --stage behaviour --model "$MODEL" --data "$GERMAN" "$W/data_speed/length/words_10_50_train.json" \
+        --tokens_dir "$W/tokens_speed_$graphs" --out_dir "$W/runs_speed/$graphs" --lr 3e-3 --epochs 1 \
+        --batch_size 32 --log_every 10 --cuda_graphs "$graphs"
+    mark "train_graphs_$graphs"
+  fi
+done
