@@ -8,14 +8,20 @@ both alike. The first step of each is a warm-up and is not counted.
   logits at every position (`model(inputs_embeds=...).logits`), then KL(teacher || student) at temperature T over
   the response positions, times T^2; teacher forward under no_grad, student forward and backward.
 - trainer: `steer_eval.distillation.distillation_step`, as trainers/train.py calls it, for each `--group_sizes`;
-  with `--cuda_graphs` also as one group whose decoder passes replay CUDA graphs (`steer_eval.decoder_graphs`).
-  Graphs are captured once per padded shape: a pass over all the batches captures every shape before the timed
-  steps, and its time and the number of shapes are reported apart (`capture`).
+  and for each `--graph_group_sizes` with its decoder passes replayed as CUDA graphs (`steer_eval.decoder_graphs`,
+  the trainer's default on a GPU). Graphs are captured once per padded shape: a pass over all the batches captures
+  every shape before the timed steps; its time, the number of shapes and the memory the graphs keep are reported
+  apart (`cuda_graph_capture`).
+
+Mean and median seconds per step are both reported: an eager step that meets a sequence length for the first time
+also pays for attention plans (cuDNN's), which a long training pays once per length; the median leaves that out.
+`--profile` adds, per method, the operations that took the most device time in one more step.
 
 Tokens are the student's real tokens (prompt + steering slot + response), the trainer's own count.
 
     python benchmarks/bench_train.py --data data/language/german_train.json --batch_size 8 --label cpu_b8
-    python benchmarks/bench_train.py --data .../german_train.json --batch_size 32 --cuda_graphs --label h200_b32
+    python benchmarks/bench_train.py --data .../german_train.json --batch_size 32 --graph_group_sizes 0 16 \
+        --steps 30 --profile --label h200_b32
 """
 import argparse
 import ctypes
@@ -24,6 +30,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import sys
 import threading
 import time
@@ -35,7 +42,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from steer_eval.assembly import embed  # noqa: E402
-from steer_eval.decoder_graphs import DecoderGraphs  # noqa: E402
+from steer_eval.decoder_graphs import LENGTH_STEP, DecoderGraphs  # noqa: E402
 from steer_eval.distillation import distillation_step  # noqa: E402
 from steer_eval.models import load_model  # noqa: E402
 
@@ -111,6 +118,17 @@ def _rss() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def profile(method, batch, device, top=12) -> list[dict]:
+    """The operations with the most self device time (CPU time on a CPU) in one step of `method`."""
+    from torch.profiler import ProfilerActivity
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        method(*batch).item()
+    key = "self_device_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: -getattr(e, key))[:top]
+    return [{"op": e.key[:80], "calls": e.count, "ms": round(getattr(e, key) / 1000, 2)} for e in events]
+
+
 def machine(device) -> dict:
     info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
     if device.startswith("cuda"):
@@ -141,7 +159,10 @@ def main(argv=None) -> int:
     parser.add_argument("--data", nargs="+", required=True, help="single-behaviour files from build_data.py")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--group_sizes", type=int, nargs="+", default=[0], help="trainer variants (0: one group)")
-    parser.add_argument("--cuda_graphs", action="store_true", help="also the trainer with CUDA graphs (one group)")
+    parser.add_argument("--graph_group_sizes", type=int, nargs="*", default=[],
+                        help="trainer variants with CUDA graphs (0: one group)")
+    parser.add_argument("--length_step", type=int, default=LENGTH_STEP, help="CUDA graphs: padded lengths' step")
+    parser.add_argument("--profile", action="store_true", help="add each method's top device-time operations")
     parser.add_argument("--steps", type=int, default=5, help="measured steps per method (after one warm-up)")
     parser.add_argument("--max_response_tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=10.0)
@@ -150,8 +171,8 @@ def main(argv=None) -> int:
     parser.add_argument("--label", required=True, help="names the output file train_speed_<label>.json")
     parser.add_argument("--out", default=str(REPO / "results" / "bench"))
     args = parser.parse_args(argv)
-    if args.cuda_graphs and not args.device.startswith("cuda"):
-        parser.error("--cuda_graphs needs a CUDA --device")
+    if args.graph_group_sizes and not args.device.startswith("cuda"):
+        parser.error("--graph_group_sizes needs a CUDA --device")
     trainer = _trainer()
     dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     model, tokenizer = load_model(args.model, device=args.device, dtype=dtype)
@@ -163,17 +184,20 @@ def main(argv=None) -> int:
             model, t, s, r, {behaviour: vector}, args.temperature, group_size=size))
     chosen = batches(trainer, args, tokenizer)
     capture = None
-    if args.cuda_graphs:
-        graphs = DecoderGraphs(model)
-        methods["trainer_cuda_graphs"] = lambda t, s, r: distillation_step(
-            model, t, s, r, {behaviour: vector}, args.temperature, graphs=graphs)
-        started = time.perf_counter()
-        for teachers, students, responses, _ in chosen:
-            distillation_step(model, teachers, students, responses, {behaviour: vector}, args.temperature,
-                              graphs=graphs, backward=False)
+    if args.graph_group_sizes:
+        graphs = DecoderGraphs(model, length_step=args.length_step)
+        torch.cuda.synchronize()
+        reserved, started = torch.cuda.memory_reserved(), time.perf_counter()
+        for size in args.graph_group_sizes:
+            methods[f"trainer_cuda_graphs_group{size}"] = (lambda t, s, r, size=size: distillation_step(
+                model, t, s, r, {behaviour: vector}, args.temperature, group_size=size, graphs=graphs))
+            for teachers, students, responses, _ in chosen:
+                distillation_step(model, teachers, students, responses, {behaviour: vector}, args.temperature,
+                                  group_size=size, graphs=graphs, backward=False)
+        torch.cuda.synchronize()
         capture = {"shapes": len(graphs.graphed), "capture_seconds": round(graphs.capture_seconds, 2),
-                   "pass_seconds": round(time.perf_counter() - started, 2),
-                   "length_step": graphs.length_step}
+                   "pass_seconds": round(time.perf_counter() - started, 2), "length_step": graphs.length_step,
+                   "memory_kept_mib": round((torch.cuda.memory_reserved() - reserved) / 2 ** 20, 1)}
         print(f"captured {capture}", flush=True)
     results = {name: {"seconds": [], "tokens": 0, "peak_bytes": 0, "losses": [], "grads": []} for name in methods}
     for step, (teachers, students, responses, tokens) in enumerate(chosen):
@@ -199,6 +223,7 @@ def main(argv=None) -> int:
     for name, entry in results.items():
         seconds = sum(entry["seconds"])
         summary[name] = {"s_per_step": seconds / len(entry["seconds"]), "tokens_per_s": entry["tokens"] / seconds,
+                         "median_s_per_step": statistics.median(entry["seconds"]),
                          "peak_memory_mib": round(entry["peak_bytes"] / 2 ** 20, 1),
                          "max_relative_loss_difference_to_reference": max(
                              abs(a - b) / abs(b) for a, b in zip(entry["losses"], reference["losses"])),
@@ -206,8 +231,13 @@ def main(argv=None) -> int:
                              ((a - b).norm() / b.norm()).item() for a, b in zip(entry["grads"], reference["grads"]))}
     for name in summary:
         summary[name]["speed_vs_reference"] = summary[name]["tokens_per_s"] / summary["reference"]["tokens_per_s"]
+        summary[name]["median_speed_vs_reference"] = (summary["reference"]["median_s_per_step"]
+                                                      / summary[name]["median_s_per_step"])
+        if args.profile:
+            summary[name]["profile"] = profile(methods[name], chosen[-1][:3], args.device)
     result = {"label": args.label, "batch_size": args.batch_size, "dtype": dtype, "device": args.device,
-              "steps_measured": args.steps, "cuda_graph_capture": capture, "data": [Path(d).name for d in args.data], "methods": summary,
+              "steps_measured": args.steps, "cuda_graph_capture": capture, "data": [Path(d).name for d in args.data],
+              "methods": summary,
               "command": "python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "machine": machine(args.device)}
     out = Path(args.out)

@@ -4,9 +4,10 @@
 #   data_speed        teacher data for german and words_10_50 (the first 400 train prompts, 3 samples, filtered)
 #   test_graphs       tests/test_decoder_graphs.py, whose CUDA tests capture graphs and replay them against the
 #                     eager step
-#   bench_b32, bench_b8   benchmarks/bench_train.py: the plain reference, the trainer's step in one group, and the
-#                     same step with CUDA graphs, side by side
-#   train_graphs_off, train_graphs_on   one epoch of trainers/train.py on that data, batch 32, --cuda_graphs off/on
+#   bench_b32, bench_b32_step32, bench_b8   benchmarks/bench_train.py: the plain reference, the trainer's step in
+#                     one group, and the same step with CUDA graphs (one group; groups of half the batch), side by
+#                     side, 30 measured steps, with a profile of each; b32_step32 pads to multiples of 32, not 64
+#   train_graphs_off, train_graphs_on   two epochs of trainers/train.py on that data, batch 32, --cuda_graphs off/on
 # Needs MODEL, W and PYTHONPATH as gpu_call.sh sets them.
 set -euo pipefail
 : "${MODEL:?model folder}" "${W:?work folder}"
@@ -28,20 +29,17 @@ if stage test_graphs; then
   mark test_graphs
 fi
 GERMAN="$W/data_speed/language/german_train.json"
-if stage bench_b32; then
-  $PY "$CODE/benchmarks/bench_train.py" --model "$MODEL" --data "$GERMAN" --batch_size 32 --steps 10 \
-      --group_sizes 0 --cuda_graphs --label h200_b32_graphs --out "$W/bench"
-  mark bench_b32
-fi
-if stage bench_b8; then
-  $PY "$CODE/benchmarks/bench_train.py" --model "$MODEL" --data "$GERMAN" --batch_size 8 --steps 10 \
-      --group_sizes 0 --cuda_graphs --label h200_b8_graphs --out "$W/bench"
-  mark bench_b8
-fi
+bench() {  # label, batch size, more flags
+  $PY "$CODE/benchmarks/bench_train.py" --model "$MODEL" --data "$GERMAN" --batch_size "$2" --steps 30 \
+      --group_sizes 0 --graph_group_sizes 0 "$(($2 / 2))" --profile --label "$1" --out "$W/bench" "${@:3}"
+}
+if stage bench_b32; then bench h200_b32_graphs 32; mark bench_b32; fi
+if stage bench_b32_step32; then bench h200_b32_graphs_step32 32 --length_step 32; mark bench_b32_step32; fi
+if stage bench_b8; then bench h200_b8_graphs 8; mark bench_b8; fi
 for graphs in off on; do
   if stage "train_graphs_$graphs"; then
     $PY "$HERE/train.py" --stage behaviour --model "$MODEL" --data "$GERMAN" "$W/data_speed/length/words_10_50_train.json" \
-        --tokens_dir "$W/tokens_speed_$graphs" --out_dir "$W/runs_speed/$graphs" --lr 3e-3 --epochs 1 \
+        --tokens_dir "$W/tokens_speed_$graphs" --out_dir "$W/runs_speed/$graphs" --lr 3e-3 --epochs 2 \
         --batch_size 32 --log_every 10 --cuda_graphs "$graphs"
     mark "train_graphs_$graphs"
   fi
