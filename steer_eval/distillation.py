@@ -37,6 +37,7 @@ class PackedBatch:
     slot_names: tuple
     response_rows: torch.Tensor
     response_cols: torch.Tensor
+    lengths: tuple = ()  # real tokens per row, on the host
 
 
 def pack_batch(prompts: Sequence, responses: Sequence[Sequence[int]], device) -> PackedBatch:
@@ -57,7 +58,8 @@ def pack_batch(prompts: Sequence, responses: Sequence[Sequence[int]], device) ->
     mask = (torch.arange(max(lengths)) < torch.tensor(lengths)[:, None]).long()
     as_tensor = lambda values: torch.tensor(values, dtype=torch.long).to(device, non_blocking=True)  # noqa: E731
     return PackedBatch(ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), as_tensor(slot_rows),
-                       as_tensor(slot_cols), tuple(slot_names), as_tensor(response_rows), as_tensor(response_cols))
+                       as_tensor(slot_cols), tuple(slot_names), as_tensor(response_rows), as_tensor(response_cols),
+                       tuple(lengths))
 
 
 def embed_batch(packed: PackedBatch, embedding_weight: torch.Tensor,
@@ -78,7 +80,7 @@ def response_hidden(model, packed: PackedBatch, embedding_weight, vectors, graph
     (a DecoderGraphs) if given."""
     embeds = embed_batch(packed, embedding_weight, vectors)
     if graphs is not None:
-        hidden = graphs(embeds)
+        hidden = graphs(embeds, packed.lengths)
     else:
         hidden = model.get_decoder()(inputs_embeds=embeds, attention_mask=packed.mask).last_hidden_state
     return hidden[packed.response_rows, packed.response_cols]

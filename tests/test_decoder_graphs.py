@@ -1,7 +1,7 @@
 """The distillation step with the decoder as CUDA graphs (steer_eval.decoder_graphs).
 
-On CPU the capture is replaced by the plain callable, so everything around it runs: right padding to length buckets
-without an attention mask, one capture per shape, gradients back to the vectors. The capture itself is tested where a
+On CPU the capture is replaced by the plain callable, so everything around it runs: packing sequences into rows with
+a block-diagonal causal mask, one capture per shape, gradients back to the vectors. The capture itself is tested where a
 CUDA device is present (the lent GPU; results/bench/train_speed.md records that run).
 """
 import random
@@ -24,8 +24,9 @@ def tiny_model(device="cpu", dtype=torch.float32):
     return LlamaForCausalLM(config).to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def random_batch(rows=6, seed=0):
-    """Teachers longer than students (they hold the instruction), responses of very different lengths."""
+def random_batch(rows=8, seed=0):
+    """Teachers longer than students (they hold the instruction), long and short responses in turn (so short
+    sequences share packed rows)."""
     rng = random.Random(seed)
 
     def prompt(length, slot):
@@ -35,7 +36,8 @@ def random_batch(rows=6, seed=0):
 
     teachers = [prompt(rng.randint(20, 70), False) for _ in range(rows)]
     students = [prompt(rng.randint(8, 30), True) for _ in range(rows)]
-    responses = [tuple(rng.randrange(3, VOCAB) for _ in range(rng.randint(3, 90))) for _ in range(rows)]
+    responses = [tuple(rng.randrange(3, VOCAB) for _ in range(rng.randint(80, 120) if i % 2 else rng.randint(2, 20)))
+                 for i in range(rows)]
     return teachers, students, responses
 
 
@@ -52,9 +54,10 @@ def captures(monkeypatch):
     shapes = []
 
     def capture(function, sample_args, pool=None):
-        (sample,) = sample_args
-        assert sample.requires_grad and torch.is_grad_enabled() and pool == "pool"
-        shapes.append(tuple(sample.shape[:2]))
+        embeds, positions, mask = sample_args
+        assert embeds.requires_grad and not positions.requires_grad and not mask.requires_grad
+        assert torch.is_grad_enabled() and pool == "pool"
+        shapes.append(tuple(embeds.shape[:2]))
         return function
 
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
@@ -67,28 +70,57 @@ def test_padded_length_rounds_up_to_the_step():
     assert [decoder_graphs.padded_length(n, 64) for n in (1, 63, 64, 65, 200)] == [64, 64, 64, 128, 256]
 
 
-def test_padded_mask_free_passes_give_the_masked_step_loss_and_gradient(captures):
+def test_packing_puts_each_sequence_whole_into_one_row_with_its_own_positions_and_mask():
+    lengths, longest = [50, 10, 30, 64, 5, 33], 70
+    packing = decoder_graphs.pack(lengths, longest, length_step=32, row_step=2)
+    assert packing.width == 64 and packing.rows == 4  # rows: 64 | 50+10 | 33+30 | 5, rounded up to a multiple of 2
+    embeds = torch.arange(len(lengths) * longest, dtype=torch.float32)  # each input position's own index
+    source = torch.cat([embeds, torch.tensor([-1.0])])
+    packed = source[packing.gather].view(packing.rows, packing.width)
+    assert torch.equal(packed.reshape(-1)[packing.scatter].view(len(lengths), longest)[:, :5],
+                       embeds.view(len(lengths), longest)[:, :5])
+    mask = packing.attention_mask()[:, 0]
+    for i, length in enumerate(lengths):
+        where = (packing.segments == i).nonzero()
+        row, columns = where[0, 0].item(), where[:, 1]
+        assert len(where) == length and (where[:, 0] == row).all()  # whole, in one row, contiguous
+        assert torch.equal(columns, torch.arange(columns[0], columns[0] + length))
+        assert torch.equal(packed[row, columns], torch.arange(i * longest, i * longest + length, dtype=torch.float32))
+        assert torch.equal(packing.positions[row, columns], torch.arange(length))
+        block = mask[row][columns][:, columns]
+        assert torch.equal(block, torch.ones(length, length, dtype=torch.bool).tril())
+        assert mask[row][columns].sum() == block.sum()  # nothing outside its own sequence
+    assert (packed == -1).sum() == packing.rows * packing.width - sum(lengths)  # the rest is padding
+    assert (mask.sum(-1) >= 1).all()  # padding positions see themselves: no empty attention row
+
+
+def test_packed_passes_give_the_masked_step_loss_and_gradient(captures):
     model, batch = tiny_model(), random_batch()
     vector = torch.nn.Parameter(torch.randn(64, generator=torch.Generator().manual_seed(1)))
     expected_loss, expected_grad = step(model, batch, vector)
-    loss, grad = step(model, batch, vector, graphs=decoder_graphs.DecoderGraphs(model, length_step=16))
-    # Padding after the real tokens changes the matmuls' shapes, hence the last float bits (as length groups do).
+    graphs = decoder_graphs.DecoderGraphs(model, length_step=16, row_step=1)
+    loss, grad = step(model, batch, vector, graphs=graphs)
+    assert all(rows <= 5 for rows, _ in graphs.graphed)  # 8 sequences share rows
+    # Packing changes the matmuls' shapes, hence the last float bits (as length groups do).
     assert torch.allclose(loss, expected_loss, rtol=1e-4)
     assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-8) and expected_grad.abs().sum() > 0
 
 
 def test_each_padded_shape_is_captured_once(captures):
     model, batch = tiny_model(), random_batch()
-    graphs = decoder_graphs.DecoderGraphs(model, length_step=16)
+    graphs = decoder_graphs.DecoderGraphs(model, length_step=16, row_step=2)
     vector = torch.nn.Parameter(torch.randn(64))
     step(model, batch, vector, graphs=graphs)
-    teacher_length = max(len(t.input_ids) + len(r) for t, r in zip(batch[0], batch[2]))
-    student_length = max(len(s.input_ids) + len(r) for s, r in zip(batch[1], batch[2]))
-    expected = {(6, decoder_graphs.padded_length(n, 16)) for n in (teacher_length, student_length)}
+    expected = set()
+    for prompts in batch[:2]:
+        lengths = [len(p.input_ids) + len(r) for p, r in zip(prompts, batch[2])]
+        packing = decoder_graphs.pack(lengths, max(lengths), 16, 2)
+        expected.add((packing.rows, packing.width))
     assert set(captures) == expected and len(captures) == len(expected) == len(graphs.graphed)
     step(model, batch, vector, graphs=graphs, backward=False)  # validation: forward only, the same shapes
-    step(model, random_batch(rows=3, seed=5), vector, graphs=graphs)  # a smaller last batch: new shapes
-    assert len(captures) == len(set(captures)) and all(rows == 3 for rows, _ in captures[len(expected):])
+    assert len(captures) == len(expected)
+    step(model, random_batch(rows=3, seed=5), vector, graphs=graphs)  # another batch may bring new shapes
+    assert len(captures) == len(set(captures)) == len(graphs.graphed)
 
 
 def test_graphs_are_chosen_by_device_and_refused_off_cuda():

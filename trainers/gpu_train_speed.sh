@@ -4,9 +4,9 @@
 #   data_speed        teacher data for german and words_10_50 (the first 400 train prompts, 3 samples, filtered)
 #   test_graphs       tests/test_decoder_graphs.py, whose CUDA tests capture graphs and replay them against the
 #                     eager step
-#   bench_b32, bench_b32_step32, bench_b8   benchmarks/bench_train.py: the plain reference, the trainer's step in
-#                     one group, and the same step with CUDA graphs (one group; groups of half the batch), side by
-#                     side, 30 measured steps, with a profile of each; b32_step32 pads to multiples of 32, not 64
+#   bench_b32, bench_b8   benchmarks/bench_train.py: the plain reference, the trainer's step in one group, and the
+#                     same step with CUDA graphs (one group; groups of half the batch), side by side, 30 measured
+#                     steps, with a profile of each
 #   train_graphs_off, train_graphs_on   two epochs of trainers/train.py on that data, batch 32, --cuda_graphs off/on
 # Needs MODEL, W and PYTHONPATH as gpu_call.sh sets them.
 set -euo pipefail
@@ -34,7 +34,6 @@ bench() {  # label, batch size, more flags
       --group_sizes 0 --graph_group_sizes 0 "$(($2 / 2))" --profile --label "$1" --out "$W/bench" "${@:3}"
 }
 if stage bench_b32; then bench h200_b32_graphs 32; mark bench_b32; fi
-if stage bench_b32_step32; then bench h200_b32_graphs_step32 32 --length_step 32; mark bench_b32_step32; fi
 if stage bench_b8; then bench h200_b8_graphs 8; mark bench_b8; fi
 for graphs in off on; do
   if stage "train_graphs_$graphs"; then
