@@ -162,6 +162,8 @@ def main(argv=None) -> int:
     parser.add_argument("--graph_group_sizes", type=int, nargs="*", default=[],
                         help="trainer variants with CUDA graphs (0: one group)")
     parser.add_argument("--length_step", type=int, default=LENGTH_STEP, help="CUDA graphs: padded lengths' step")
+    parser.add_argument("--graph_layouts", nargs="+", choices=("packed", "padded"), default=["packed"],
+                        help="CUDA graphs: sequences packed into shared rows (the trainer's), or one padded row each")
     parser.add_argument("--profile", action="store_true", help="add each method's top device-time operations")
     parser.add_argument("--steps", type=int, default=5, help="measured steps per method (after one warm-up)")
     parser.add_argument("--max_response_tokens", type=int, default=256)
@@ -183,22 +185,23 @@ def main(argv=None) -> int:
         methods[f"trainer_group{size}"] = (lambda t, s, r, size=size: distillation_step(
             model, t, s, r, {behaviour: vector}, args.temperature, group_size=size))
     chosen = batches(trainer, args, tokenizer)
-    capture = None
-    if args.graph_group_sizes:
-        graphs = DecoderGraphs(model, length_step=args.length_step)
+    capture = {}
+    for layout in args.graph_layouts if args.graph_group_sizes else ():
+        graphs = DecoderGraphs(model, length_step=args.length_step, share_rows=layout == "packed")
         torch.cuda.synchronize()
         reserved, started = torch.cuda.memory_reserved(), time.perf_counter()
         for size in args.graph_group_sizes:
-            methods[f"trainer_cuda_graphs_group{size}"] = (lambda t, s, r, size=size: distillation_step(
+            name = f"trainer_cuda_graphs{'_padded' if layout == 'padded' else ''}_group{size}"
+            methods[name] = (lambda t, s, r, size=size, graphs=graphs: distillation_step(
                 model, t, s, r, {behaviour: vector}, args.temperature, group_size=size, graphs=graphs))
             for teachers, students, responses, _ in chosen:
                 distillation_step(model, teachers, students, responses, {behaviour: vector}, args.temperature,
                                   group_size=size, graphs=graphs, backward=False)
         torch.cuda.synchronize()
-        capture = {"shapes": len(graphs.graphed), "capture_seconds": round(graphs.capture_seconds, 2),
-                   "pass_seconds": round(time.perf_counter() - started, 2), "length_step": graphs.length_step,
-                   "memory_kept_mib": round((torch.cuda.memory_reserved() - reserved) / 2 ** 20, 1)}
-        print(f"captured {capture}", flush=True)
+        capture[layout] = {"shapes": len(graphs.graphed), "capture_seconds": round(graphs.capture_seconds, 2),
+                           "pass_seconds": round(time.perf_counter() - started, 2), "length_step": graphs.length_step,
+                           "memory_kept_mib": round((torch.cuda.memory_reserved() - reserved) / 2 ** 20, 1)}
+        print(f"captured {layout}: {capture[layout]}", flush=True)
     results = {name: {"seconds": [], "tokens": 0, "peak_bytes": 0, "losses": [], "grads": []} for name in methods}
     for step, (teachers, students, responses, tokens) in enumerate(chosen):
         order = list(methods) if step % 2 == 0 else list(methods)[::-1]

@@ -52,12 +52,13 @@ class Packing:
 
 
 def pack(lengths: Sequence[int], longest: int, length_step: int = LENGTH_STEP, row_step: int = ROW_STEP,
-         device="cpu") -> Packing:
-    """First-fit-decreasing packing of sequences of `lengths` (right-padded to `longest` in the input)."""
+         device="cpu", share_rows: bool = True) -> Packing:
+    """First-fit-decreasing packing of sequences of `lengths` (right-padded to `longest` in the input); without
+    `share_rows`, each sequence in a row of its own, in order."""
     width = padded_length(max(lengths), length_step)
     used, placed = [], [None] * len(lengths)  # used[row]: columns taken; placed[i]: (row, first column)
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        row = next((r for r, taken in enumerate(used) if taken + lengths[i] <= width), len(used))
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]) if share_rows else range(len(lengths)):
+        row = next((r for r, taken in enumerate(used) if taken + lengths[i] <= width and share_rows), len(used))
         if row == len(used):
             used.append(0)
         placed[i] = (row, used[row])
@@ -90,35 +91,39 @@ class DecoderGraphs:
     `distillation_step` runs: teacher forward (no backward), then the student's forward and backward.
     """
 
-    def __init__(self, model, length_step: int = LENGTH_STEP, row_step: int = ROW_STEP):
+    def __init__(self, model, length_step: int = LENGTH_STEP, row_step: int = ROW_STEP, share_rows: bool = True):
         self.decoder = model.get_decoder()
-        self.length_step, self.row_step = length_step, row_step
+        self.length_step, self.row_step, self.share_rows = length_step, row_step, share_rows
         self.pool = torch.cuda.graph_pool_handle()
         self.graphed = {}
         self.capture_seconds = 0.0
 
-    def _forward(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _forward(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None = None
+                 ) -> torch.Tensor:
         return self.decoder(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
                             use_cache=False).last_hidden_state
 
     def __call__(self, embeds: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
         sequences, longest, hidden = embeds.shape
-        packing = pack(lengths, longest, self.length_step, self.row_step, embeds.device)
+        packing = pack(lengths, longest, self.length_step, self.row_step, embeds.device, self.share_rows)
         shape = (packing.rows, packing.width)
         if shape not in self.graphed:
             self.graphed[shape] = self._capture(shape, embeds)
         source = torch.cat([embeds.reshape(-1, hidden), embeds.new_zeros(1, hidden)])
         packed = source[packing.gather].view(*shape, hidden)
-        out = self.graphed[shape](packed, packing.positions, packing.attention_mask())
+        # One sequence a row, right-padded: the causal mask alone keeps padding out of view (mask-free attention).
+        mask = (packing.attention_mask(),) if self.share_rows else ()
+        out = self.graphed[shape](packed, packing.positions, *mask)
         return out.reshape(-1, hidden)[packing.scatter].view(sequences, longest, hidden)
 
     def _capture(self, shape, like: torch.Tensor):
         started = time.perf_counter()
         rows, width = shape
         sample = (torch.zeros(rows, width, like.shape[-1], dtype=like.dtype, device=like.device, requires_grad=True),
-                  torch.arange(width, device=like.device).expand(rows, width).contiguous(),
-                  torch.ones(width, width, dtype=torch.bool, device=like.device).tril().expand(rows, 1, width, width)
-                  .contiguous())
+                  torch.arange(width, device=like.device).expand(rows, width).contiguous())
+        if self.share_rows:
+            causal = torch.ones(width, width, dtype=torch.bool, device=like.device).tril()
+            sample += (causal.expand(rows, 1, width, width).contiguous(),)
         try:
             with torch.enable_grad():  # the first pass of a shape may be a teacher's, under no_grad
                 graphed = torch.cuda.make_graphed_callables(self._forward, sample, pool=self.pool)

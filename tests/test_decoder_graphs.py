@@ -54,8 +54,8 @@ def captures(monkeypatch):
     shapes = []
 
     def capture(function, sample_args, pool=None):
-        embeds, positions, mask = sample_args
-        assert embeds.requires_grad and not positions.requires_grad and not mask.requires_grad
+        embeds, positions, *mask = sample_args
+        assert embeds.requires_grad and not positions.requires_grad and not any(m.requires_grad for m in mask)
         assert torch.is_grad_enabled() and pool == "pool"
         shapes.append(tuple(embeds.shape[:2]))
         return function
@@ -94,13 +94,14 @@ def test_packing_puts_each_sequence_whole_into_one_row_with_its_own_positions_an
     assert (mask.sum(-1) >= 1).all()  # padding positions see themselves: no empty attention row
 
 
-def test_packed_passes_give_the_masked_step_loss_and_gradient(captures):
+@pytest.mark.parametrize("share_rows", [True, False])
+def test_packed_passes_give_the_masked_step_loss_and_gradient(captures, share_rows):
     model, batch = tiny_model(), random_batch()
     vector = torch.nn.Parameter(torch.randn(64, generator=torch.Generator().manual_seed(1)))
     expected_loss, expected_grad = step(model, batch, vector)
-    graphs = decoder_graphs.DecoderGraphs(model, length_step=16, row_step=1)
+    graphs = decoder_graphs.DecoderGraphs(model, length_step=16, row_step=1, share_rows=share_rows)
     loss, grad = step(model, batch, vector, graphs=graphs)
-    assert all(rows <= 5 for rows, _ in graphs.graphed)  # 8 sequences share rows
+    assert all((rows <= 5) == share_rows for rows, _ in graphs.graphed)  # 8 sequences: shared rows, or 8 rows
     # Packing changes the matmuls' shapes, hence the last float bits (as length groups do).
     assert torch.allclose(loss, expected_loss, rtol=1e-4)
     assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-8) and expected_grad.abs().sum() > 0

@@ -8,6 +8,10 @@
 #                     same step with CUDA graphs (one group; groups of half the batch), side by side, 30 measured
 #                     steps, with a profile of each
 #   train_graphs_off, train_graphs_on   two epochs of trainers/train.py on that data, batch 32, --cuda_graphs off/on
+#   bench_layouts_b32 the graphs' two layouts side by side: sequences packed into shared rows, one padded row each
+#   model_1b, bench_1b_b32   the same on a Llama-3.2-1B-shaped model with random weights and the default model's
+#                     tokenizer (speed does not depend on the weights): a size where arithmetic, not launches, bounds
+#                     the step
 # Needs MODEL, W and PYTHONPATH as gpu_call.sh sets them.
 set -euo pipefail
 : "${MODEL:?model folder}" "${W:?work folder}"
@@ -43,3 +47,28 @@ for graphs in off on; do
     mark "train_graphs_$graphs"
   fi
 done
+if stage bench_layouts_b32; then bench h200_b32_layouts 32 --graph_group_sizes 0 --graph_layouts packed padded
+  mark bench_layouts_b32; fi
+if stage model_1b; then
+  $PY - "$MODEL" "$W/random-1b" <<'PY'
+import shutil, sys
+from pathlib import Path
+import torch
+from transformers import AutoConfig, LlamaForCausalLM
+source, target = Path(sys.argv[1]), Path(sys.argv[2])
+config = AutoConfig.from_pretrained(source)
+config.update({"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+               "num_key_value_heads": 8, "head_dim": 64})
+torch.manual_seed(0)
+LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(target)
+for name in source.iterdir():
+    if name.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+        shutil.copy(name, target / name.name)
+PY
+  mark model_1b
+fi
+if stage bench_1b_b32; then
+  $PY "$CODE/benchmarks/bench_train.py" --model "$W/random-1b" --data "$GERMAN" --batch_size 32 --steps 10 \
+      --group_sizes 0 --graph_group_sizes 0 --graph_layouts packed padded --label h200_1b_random_b32 --out "$W/bench"
+  mark bench_1b_b32
+fi
