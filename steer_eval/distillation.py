@@ -142,7 +142,8 @@ def training_group_size(requested: int, device: str) -> int:
 
 def training_graphs(requested: str, device: str) -> bool:
     """Whether the decoder runs as CUDA graphs: `auto` on a CUDA device, where they ran a batch of 32 of the default
-    model faster (results/bench/train_speed.md); `on` anywhere else is refused (graphs are CUDA's)."""
+    model at 3x the reference step's tokens/s (results/bench/train_speed.md); `on` anywhere else is refused (graphs
+    are CUDA's)."""
     on_cuda = str(device).startswith("cuda")
     if requested == "on" and not on_cuda:
         raise ValueError(f"CUDA graphs need a CUDA device, and this training runs on {device}; use --cuda_graphs off")

@@ -229,3 +229,10 @@ def test_bad_data_files_are_one_clear_line(tmp_path, content, message, capsys):
 def test_missing_data_is_a_clear_error():
     with pytest.raises(SystemExit):
         trainer.parse_config(["--stage", "behaviour"])
+
+
+def test_cuda_graphs_on_a_cpu_is_one_clear_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.train(trainer.parse_config(["--data", "d.json", "--cuda_graphs", "on", "--device", "cpu"]))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "CUDA graphs need a CUDA device" in error and "--cuda_graphs off" in error
