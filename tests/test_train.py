@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,38 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, data, tmp_path)
     assert torch.equal(resumed_vector, whole_vector)
     losses = lambda config: [e["loss"] for e in _log(config) if "loss" in e]  # noqa: E731
     assert losses(resumed) == losses(whole)
+
+
+@pytest.mark.slow
+def test_kill_9_between_checkpoints_then_resume_reproduces_the_uninterrupted_run(tiny_model_dir, data, tmp_path):
+    """A process killed mid-run (after a checkpoint, before the next) and resumed gives the same tokens and log."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    base = [sys.executable, str(REPO / "trainers" / "train.py"), "--model", str(tiny_model_dir), "--data",
+            data["singles"], "--batch_size", "2", "--epochs", "4", "--lr", "1e-2", "--log_every", "1",
+            "--checkpoint_every", "5", "--device", "cpu"]
+    run = lambda name: base + ["--out_dir", str(tmp_path / name), "--tokens_dir", str(tmp_path / f"{name}_tokens")]  # noqa: E731
+    subprocess.run(run("whole"), check=True, capture_output=True, env=env, timeout=300)
+    killed = subprocess.Popen(run("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    log = tmp_path / "killed" / "log.jsonl"
+    deadline = time.monotonic() + 240
+    while killed.poll() is None and time.monotonic() < deadline:
+        if log.is_file() and len(log.read_text().splitlines()) >= 7:  # past the checkpoint at step 5
+            break
+        time.sleep(0.02)
+    killed.kill()  # SIGKILL: no handler runs
+    killed.wait()
+    assert killed.returncode == -9, "the run ended before it could be killed"
+    assert not (tmp_path / "killed_tokens" / "spanish").exists()
+    subprocess.run(base[:2] + ["--out_dir", str(tmp_path / "killed"), "--resume", "--device", "cpu"], check=True,
+                   capture_output=True, env=env, timeout=300)
+    for name in ("spanish", "words_10_50"):
+        vectors = [load_file(tmp_path / f"{run_name}_tokens" / name / "vector.safetensors")
+                   for run_name in ("whole", "killed")]
+        assert all(torch.equal(vectors[0][k], vectors[1][k]) for k in vectors[0])
+    timing = ("s_per_step", "tokens_per_s")
+    lines = [[{k: v for k, v in json.loads(line).items() if k not in timing}
+              for line in (tmp_path / run_name / "log.jsonl").read_text().splitlines()] for run_name in ("whole", "killed")]
+    assert lines[0] == lines[1] and len(lines[0]) == 24  # 12 records / 2 a step x 4 epochs, each logged once
 
 
 class _RunsCode:

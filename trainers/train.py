@@ -296,6 +296,11 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
     names = list(params)
     vectors = {**frozen, **params}
 
+    # Every vector holds a gradient from the start (zeros when its behaviour is not in a batch): AdamW skips a
+    # parameter whose gradient is None, and None would otherwise come back after --resume only, so a resumed run
+    # would update differently from the uninterrupted one.
+    for p in params.values():
+        p.grad = torch.zeros_like(p)
     optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -373,8 +378,6 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
             # Data parallel by hand: the trainable state is a few vectors, so averaging their gradients is all
             # DistributedDataParallel would do here. Every rank then takes the same optimiser step.
             for p in params.values():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
                 p.grad /= world
         grad_norm = torch.nn.utils.clip_grad_norm_(list(params.values()), config.grad_clip)
