@@ -19,8 +19,7 @@ CAA_PROMPTS="${CAA_PROMPTS:-400}"  # train prompts for the contrastive means
 FILTER="${FILTER---filter}"      # keep only verifier-passing teacher responses (empty: keep all)
 TOKENS="$W/baseline_tokens"
 mkdir -p "$W" "$TOKENS"
-stage() { [ -f "$W/done.$1" ] && echo "== $1: done" && return 1; echo "== $1 ($(date +%T))"; }
-mark() { touch "$W/done.$1"; }
+source "$HERE/gpu_stages.sh"
 
 if stage data_singles; then  # as gpu_pipeline.sh: 2 samples per train prompt at 0.7, verifier-filtered
   $PY "$HERE/build_data.py" --model "$MODEL" --behaviors $SHIPPED --samples 2 --temperature 0.7 $FILTER \

@@ -28,8 +28,7 @@ ALL="german spanish french italian portuguese words_10_50 words_50_70 words_70_9
 TOKENS="$W/tokens$TAG"
 RUNS="$W/runs$TAG"
 mkdir -p "$W"
-stage() { [ -f "$W/done.$1" ] && echo "== $1: done" && return 1; echo "== $1 ($(date +%T))"; }
-mark() { touch "$W/done.$1"; }
+source "$HERE/gpu_stages.sh"
 
 if stage text_all; then  # text-instruction accuracy of every behaviour on the whole test split
   $PY "$HERE/evaluate_tokens.py" generate --model "$MODEL" --singles $ALL --single_methods text \

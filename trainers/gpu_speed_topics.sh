@@ -19,8 +19,7 @@ SHIPPED="german spanish french italian portuguese words_10_50 sentences_1"
 ALL_TOKENS="$SHIPPED words_50_70 words_70_90 words_90_120 lowercase uppercase title_case sentences_2 sentences_3 sentences_4 sentences_5 json"
 GEN_BATCH="${GEN_BATCH:-512}"
 SHIPPED_TOKENS="$CODE/models/SmolLM2-135M-Instruct/steering_tokens"
-stage() { [ -f "$W/done.$1" ] && echo "== $1: done" && return 1; echo "== $1 ($(date +%T))"; }
-mark() { touch "$W/done.$1"; }
+source "$HERE/gpu_stages.sh"
 mkdir -p "$W/bench"
 
 if stage bench_b32; then

@@ -19,8 +19,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 CODE="$(dirname "$HERE")"
 PY="python3 -u"
 GEN_BATCH="${GEN_BATCH:-512}"
-stage() { [ -f "$W/done.$1" ] && echo "== $1: done" && return 1; echo "== $1 ($(date +%T))"; }
-mark() { touch "$W/done.$1"; }
+source "$HERE/gpu_stages.sh"
 mkdir -p "$W/bench"
 
 if stage data_speed; then
