@@ -154,6 +154,8 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, data, tmp_path)
     assert not (Path(parted.tokens_dir) / "spanish").exists()  # stopped early: no token yet
     resumed, checkpoint = trainer.resumed_config(["--out_dir", parted.out_dir, "--resume"])
     assert checkpoint["step"] == 4 and resumed.lr == parted.lr
+    moved, _ = trainer.resumed_config(["--out_dir", parted.out_dir, "--resume", "--cuda_graphs", "off"])
+    assert moved.cuda_graphs == "off" and moved.lr == parted.lr  # what to run on comes from the command line
     resumed_vector = trainer.train(resumed, checkpoint)["params"]["spanish"].detach()
     assert torch.equal(resumed_vector, whole_vector)
     losses = lambda config: [e["loss"] for e in _log(config) if "loss" in e]  # noqa: E731

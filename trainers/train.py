@@ -234,9 +234,11 @@ def resumed_config(argv=None) -> tuple[TrainConfig, Optional[dict]]:
     if unknown:
         fail(f"{checkpoint_path} was written by another version of this trainer (settings "
                  f"{', '.join(unknown)}); start without --resume")
-    # Exact continuation: everything comes from the checkpoint except where to stop and which device to use.
+    # Exact continuation: everything comes from the checkpoint except where to stop and what to run on (the device,
+    # and CUDA graphs, which a CPU cannot run).
     saved = TrainConfig(**checkpoint["config"])
     saved.resume, saved.stop_after, saved.device = True, config.stop_after, config.device
+    saved.cuda_graphs = config.cuda_graphs
     return saved, checkpoint
 
 
