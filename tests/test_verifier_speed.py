@@ -1,7 +1,8 @@
 """Linear time: every behaviour's verifier on 24 adversarial inputs (benchmarks/verifier_speed.py) takes 3.5-7.5x as
-long on a megabyte as on a quarter megabyte (measured; memory and cache effects grow with size), quadratic time 16x. Before scorer 2, "```" + 8,000 spaces
-took ~100 s and "." * 16,000 ~4 s (regex backtracking). The check is a ratio on one machine, so a slow or busy
-machine does not fail it (an absolute limit of 1 s failed once on a loaded CI machine at 1.01 s, linear all along).
+long on a megabyte as on a quarter megabyte (measured; memory and cache effects grow with size), quadratic time 16x.
+Before scorer 2, "```" + 8,000 spaces took ~100 s and "." * 16,000 ~4 s (regex backtracking). The check is a ratio
+on one machine, so a slow or busy machine does not fail it (an absolute limit of 1 s failed once on a loaded CI
+machine at 1.01 s, linear all along).
 """
 import importlib.util
 from pathlib import Path
