@@ -37,7 +37,7 @@ class PackedBatch:
     slot_names: tuple
     response_rows: torch.Tensor
     response_cols: torch.Tensor
-    lengths: tuple = ()  # real tokens per row, on the host
+    lengths: tuple  # real tokens per row, on the host
 
 
 def pack_batch(prompts: Sequence, responses: Sequence[Sequence[int]], device) -> PackedBatch:

@@ -131,7 +131,7 @@ def load_records(paths) -> list[dict]:
         for row in rows if isinstance(rows, list) else [rows]:
             if not isinstance(row, dict) or not {"prompt", "response", "behaviors"} <= row.keys():
                 fail(f"{path}: every record needs prompt, response and behaviors "
-                         "(make the file with trainers/build_data.py)")
+                     "(make the file with trainers/build_data.py)")
             records.append(row)
     return records
 
@@ -150,10 +150,10 @@ def make_examples(records, tokenizer, stage, max_response_tokens) -> list[Exampl
         behaviors = tuple(row["behaviors"])
         if (stage == "and") != (len(behaviors) > 1):
             fail(f"stage {stage} got a record with behaviours {list(behaviors)}; "
-                     "stage behaviour takes single-behaviour files, stage and takes pair files")
+                 "stage behaviour takes single-behaviour files, stage and takes pair files")
         if stage == "and" and any(get_behavior(b).unseen for b in behaviors):
             fail(f"<and> is trained on seen behaviours only, but a record holds {list(behaviors)}; "
-                     "held-out (unseen) behaviours measure zero-shot composition")
+                 "held-out (unseen) behaviours measure zero-shot composition")
         student = assemble(row["prompt"], behaviors, tokenizer, control_method="steering", mode="composition")
         # The end-of-turn token is part of the target: length behaviours are largely about when to stop.
         response = tokenizer.encode(row["response"], add_special_tokens=False)[:max_response_tokens - 1]
@@ -229,11 +229,11 @@ def resumed_config(argv=None) -> tuple[TrainConfig, Optional[dict]]:
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         fail(f"{checkpoint_path} is not a checkpoint this trainer wrote ({str(error).splitlines()[0]}); "
-                 "move it away and start without --resume")
+             "move it away and start without --resume")
     unknown = sorted(set(checkpoint["config"]) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
         fail(f"{checkpoint_path} was written by another version of this trainer (settings "
-                 f"{', '.join(unknown)}); start without --resume")
+             f"{', '.join(unknown)}); start without --resume")
     # Exact continuation: everything comes from the checkpoint except where to stop and what to run on (the device,
     # and CUDA graphs, which a CPU cannot run).
     saved = TrainConfig(**checkpoint["config"])
