@@ -191,16 +191,17 @@ def run(args) -> int:
 
 def _generate(args) -> int:
     from steer_eval.assembly import parse_steering
-    from steer_eval.scoring import verify
+    from steer_eval.records import Request
+    from steer_eval.runner import run as run_requests
 
     behaviors, mode = parse_steering(args.steering, args.mode)
-    backend = _backend_spec(args, args.model).build()
-    assembled = backend.assemble(args.prompt, behaviors, control_method=args.control_method, mode=mode,
-                                 paraphrase_seed=args.seed)
-    response = backend.generate([assembled], _generation_config(args), progress=False)[0]
-    print(response)
+    request = Request("prompt", args.prompt, tuple(behaviors), args.control_method, mode, paraphrase_seed=args.seed)
+    # Through the runner, so behaviours, tokens and the model are checked before any model loads.
+    record = run_requests([request], _backend_spec(args, args.model), _generation_config(args),
+                          progress=False).records()[0]
+    print(record.response)
     if args.verify:
-        print(json.dumps(verify(behaviors, response).as_dict()))
+        print(json.dumps({"followed": record.followed, "per_behavior": record.per_behavior}))
     return 0
 
 
@@ -287,13 +288,16 @@ def _read_text(path: str) -> str:
 
 
 def _score(args) -> int:
-    from steer_eval.fluency import score_records
-    from steer_eval.records import iter_records
+    from steer_eval.fluency import plan_scores, score_records
 
-    model = args.model or next((r.model for r in iter_records(args.records) if r.model), DEFAULT_MODEL)
+    plan = plan_scores(args.records, args.output)  # bad records or a stale sidecar are refused before loading
+    if not plan.todo:
+        print(f"every record of {args.records} is already scored in {plan.output}", file=sys.stderr)
+        return 0
+    model = args.model or next((r.model for r in plan.todo if r.model), DEFAULT_MODEL)
     backend = _backend_spec(args, model).build()
     try:
-        path = score_records(args.records, backend, args.output, batch_size=args.batch_size)
+        path = score_records(args.records, backend, batch_size=args.batch_size, plan=plan)
     finally:
         backend.shutdown()
     print(f"fluency scores written to {path}; `steer-eval analyze {args.records}` shows them", file=sys.stderr)

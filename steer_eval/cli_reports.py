@@ -43,10 +43,11 @@ def analyze(args) -> int:
 
     count = _JudgeCount()
     records = iter_records(args.records)
-    fluency = read_scores(sidecar_path(args.records))
+    sidecar = sidecar_path(args.records)
+    fluency = read_scores(sidecar)
     if fluency:
-        print(f"steer-eval: fluency scores from {sidecar_path(args.records)}", file=sys.stderr)
-        records = with_fluency(records, fluency)
+        print(f"steer-eval: fluency scores from {sidecar}", file=sys.stderr)
+        records = with_fluency(records, fluency, sidecar)
     summaries = group_summaries(count.rejudged(records) if args.rejudge else count.counted(records))
     if args.rejudge:
         print(f"steer-eval: re-judged {count.records} records with scorer version {SCORER_VERSION}; "

@@ -25,3 +25,10 @@ class PromptTooLongError(UserError, ValueError):
 
 class WorkerFailedError(RuntimeError):
     """Workers died on the same chunk too often (a node keeps failing, or the chunk itself kills its worker)."""
+
+
+def brief(error: BaseException, limit: int = 200) -> str:
+    """An exception in a few words for a one-line message: its type and the start of its first line (a library's
+    message can quote a whole file's bytes)."""
+    text = str(error).strip().split("\n", 1)[0]
+    return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}" if text else type(error).__name__

@@ -143,6 +143,65 @@ def resolve_model_path(spec: str) -> str:
     return spec
 
 
+# Everything in a model folder that changes its answers: weights, config, tokenizer, chat template, custom code.
+_IDENTITY_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".txt", ".jinja",
+                      ".tiktoken", ".py")
+_FINGERPRINTS_FILE = "weights_fingerprints.json"
+
+
+def _identity_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.is_file() and path.name != MANIFEST
+                  and path.suffix in _IDENTITY_SUFFIXES)
+
+
+def _folder_of(spec: str) -> Path:
+    path = Path(resolve_model_path(spec))
+    if path.is_dir():
+        return path
+    try:  # a Hugging Face id: the files of its local snapshot (downloaded once, as loading it would)
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(spec, allow_patterns=[f"*{suffix}" for suffix in _IDENTITY_SUFFIXES]))
+    except Exception as error:  # noqa: BLE001 - any hub failure means the same thing to the user
+        raise ModelError(f"cannot read model {spec!r} ({type(error).__name__}: {str(error)[:200]}); give a local "
+                         "model folder, an embedded model name or a Hugging Face id this machine can download") from None
+
+
+def weights_fingerprint(spec: str) -> str:
+    """A hash of every file that makes the model answer as it does (all weights, not only the embeddings; config,
+    tokenizer, chat template). Hashing reads the whole folder once; the result is kept in $STEER_EVAL_HOME keyed by
+    the files' paths, sizes and modification times, so a later call on an unchanged folder reads no weights."""
+    folder = _folder_of(spec).resolve()
+    files = _identity_files(folder)
+    if not any(path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".gguf") for path in files):
+        raise ModelError(f"{folder} holds no weight files (*.safetensors, *.bin, *.gguf); give a model folder")
+    stamp = hashlib.sha256(json.dumps([[p.name, p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino]
+                                       for p in files]).encode()).hexdigest()
+    known_path = home() / _FINGERPRINTS_FILE
+    try:
+        known = json.loads(known_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
+    cached = known.get(str(folder)) if isinstance(known, dict) else None
+    if isinstance(cached, dict) and cached.get("stamp") == stamp:
+        return cached["fingerprint"]
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    fingerprint = digest.hexdigest()[:16]
+    known = known if isinstance(known, dict) else {}
+    known[str(folder)] = {"stamp": stamp, "fingerprint": fingerprint}
+    try:
+        known_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = known_path.with_name(f".{known_path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(known, indent=1), encoding="utf-8")
+        os.replace(partial, known_path)
+    except OSError:
+        pass  # a read-only home only costs hashing again next time
+    return fingerprint
+
+
 def model_label(spec: str) -> str:
     """The folder name steering tokens are stored under for this model (models/<label>/steering_tokens)."""
     if spec in EMBEDDED_MODELS:

@@ -55,16 +55,26 @@ def _record_prompt(record, where: str) -> str:
 def load_prompt_file(path: str | Path) -> list[Prompt]:
     """Prompts from a JSON list or a JSONL file; a record keeps its `id` when it has one."""
     path = Path(path)
+    if path.is_dir():
+        raise PromptFileError(f"prompt file {path} is a directory; give a JSON or JSONL file of prompts")
     if not path.is_file():
-        raise PromptFileError(f"prompt file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+        raise PromptFileError(f"prompt file {path} does not exist" if not path.exists() else
+                              f"prompt file {path} is not a regular file; give a JSON or JSONL file of prompts")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise PromptFileError(f"{path} is not UTF-8 text (byte {error.start}); give a JSON or JSONL file of "
+                              "prompts") from None
+    except OSError as error:
+        raise PromptFileError(f"cannot read {path}: {error.strerror}") from None
     try:
         if path.suffix == ".jsonl":
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             records = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise PromptFileError(f"{path} is not valid {'JSONL' if path.suffix == '.jsonl' else 'JSON'}: {error}") from None
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise PromptFileError(f"{path} is not valid {'JSONL' if path.suffix == '.jsonl' else 'JSON'}: "
+                              f"{str(error)[:200]}") from None
     if isinstance(records, dict):
         records = records.get("data", records.get("prompts"))
     if not isinstance(records, list) or not records:

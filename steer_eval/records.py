@@ -52,10 +52,26 @@ class Request:
 
     @classmethod
     def from_json(cls, row: Mapping) -> "Request":
+        """Raises RecordShapeError naming the field when `row` is not a request (or a record)."""
+        if not isinstance(row, Mapping):
+            raise RecordShapeError(f"a {type(row).__name__}, not a JSON object")
         # "id" is how records written before this format named the prompt.
-        return cls(str(row["prompt_id"] if "prompt_id" in row else row["id"]), row["prompt"], tuple(row["behaviors"]),
-                   row.get("control_method", "steering"), row.get("mode", "composition"), int(row.get("sample", 0)),
-                   int(row.get("paraphrase_seed", 0)))
+        prompt_id = row["prompt_id"] if "prompt_id" in row else row.get("id")
+        behaviors = row.get("behaviors")
+        if not isinstance(prompt_id, (str, int)) or isinstance(prompt_id, bool):
+            raise RecordShapeError("no prompt_id (a string)")
+        if not isinstance(behaviors, list) or not all(isinstance(b, str) for b in behaviors):
+            raise RecordShapeError("behaviors must be a list of behaviour ids")
+        for name, kind in (("prompt", str), ("control_method", str), ("mode", str), ("sample", int),
+                           ("paraphrase_seed", int)):
+            if (name == "prompt" or name in row) and (type(row.get(name)) is not kind):
+                raise RecordShapeError(f"{name} must be a {kind.__name__}, got {type(row.get(name)).__name__}")
+        return cls(str(prompt_id), row["prompt"], tuple(behaviors), row.get("control_method", "steering"),
+                   row.get("mode", "composition"), row.get("sample", 0), row.get("paraphrase_seed", 0))
+
+
+class RecordShapeError(RecordFileError):
+    """A JSON object that is not a steer-eval request or record; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +131,11 @@ class Record:
         request = Request.from_json(row)
         per_behavior = row.get("per_behavior")
         scorer = row.get("scorer")
+        if not isinstance(row.get("response"), str):
+            raise RecordShapeError("no response (a string)")
+        for name, kind in (("scorer", dict), ("generation", dict), ("quality", dict), ("steering", list)):
+            if row.get(name) is not None and not isinstance(row[name], kind):
+                raise RecordShapeError(f"{name} must be a JSON {'object' if kind is dict else 'list'}")
         if not isinstance(per_behavior, Mapping):
             per_behavior, scorer = verify(request.behaviors, row["response"]).per_behavior, None
         return cls(request, row["response"], {b: bool(v) for b, v in per_behavior.items()},
@@ -169,9 +190,26 @@ def _complete_lines(lines: Iterable[bytes], source: str) -> Iterator[str]:
             complete = False
         if complete:
             yield line.decode("utf-8")
-        else:
+        elif _cut_short(line):
             _warn(f"{source}: the last line (line {number}) was cut short, probably by a crash while writing; "
                   "it is ignored and its evaluation will run again")
+        else:
+            raise RecordFileError(f"{source} line {number} is not a JSON record (nor one cut short by a crash); "
+                                  "give a records file written by steer-eval, or remove that line")
+
+
+def _cut_short(line: bytes) -> bool:
+    """Could this be the start of a line steer-eval wrote (a JSON object in UTF-8, cut anywhere, even inside a
+    character)? Random bytes or another file's text are not."""
+    if not line.lstrip().startswith(b"{"):
+        return False
+    for end in range(len(line), max(len(line) - 4, 0), -1):
+        try:
+            line[:end].decode("utf-8")
+            return True
+        except UnicodeDecodeError:
+            continue
+    return False
 
 
 def parse_lines(lines: Iterable[bytes], source: str) -> Iterator[dict]:
@@ -193,13 +231,18 @@ def read_rows(path: str | Path) -> Iterator[dict]:
         yield from parse_lines(handle, str(path))
 
 
+def parse_record(row: dict, source: str, number: int) -> Record:
+    """Row `number` (counting records, from 1) of `source` as a Record; one clear error if it is not one."""
+    try:
+        return Record.from_json(row)
+    except (RecordShapeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise RecordFileError(f"{source}: record {number} is not a steer-eval record ({error}); give a records "
+                              "file written by steer-eval grid/infer, or remove that line") from None
+
+
 def read_records(path: str | Path) -> Iterator[Record]:
-    for row in read_rows(path):
-        try:
-            yield Record.from_json(row)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise RecordFileError(f"{path}: a row is not a steer-eval record (missing or bad field {error}); "
-                                  "give a records file written by steer-eval grid/infer") from None
+    for number, row in enumerate(read_rows(path), start=1):
+        yield parse_record(row, str(path), number)
 
 
 def iter_records(source: str | Path) -> Iterator[Record]:
@@ -208,14 +251,22 @@ def iter_records(source: str | Path) -> Iterator[Record]:
     if source.is_dir():
         for file in sorted(source.glob("*.jsonl")):
             yield from read_records(file)
-    elif source.name.endswith(".tar.gz"):
-        with tarfile.open(source) as archive:
-            for member in sorted(archive.getmembers(), key=lambda m: m.name):
-                if member.isfile() and member.name.endswith(".jsonl"):
-                    lines = io.BytesIO(archive.extractfile(member).read())
-                    yield from (Record.from_json(row) for row in parse_lines(lines, f"{source}:{member.name}"))
+    elif source.name.endswith(".tar.gz") and source.is_file():
+        try:
+            with tarfile.open(source) as archive:
+                members = sorted((m for m in archive.getmembers() if m.isfile() and m.name.endswith(".jsonl")),
+                                 key=lambda m: m.name)
+                files = [(f"{source}:{m.name}", archive.extractfile(m).read()) for m in members]
+        except (tarfile.TarError, OSError, EOFError) as error:
+            raise RecordFileError(f"{source} is not a readable .tar.gz of records ({error}); give a records JSONL "
+                                  "file, a folder of them or an intact .tar.gz") from None
+        for name, data in files:
+            yield from (parse_record(row, name, n) for n, row in enumerate(parse_lines(io.BytesIO(data), name), 1))
     elif not source.exists():
         raise RecordFileError(f"{source} does not exist; give a records JSONL file, a folder of them or a .tar.gz")
+    elif not source.is_file():
+        raise RecordFileError(f"{source} is not a regular file; give a records JSONL file, a folder of them or a "
+                              ".tar.gz")
     else:
         yield from read_records(source)
 

@@ -1,16 +1,20 @@
 """Run identity: what a records file's numbers depend on, kept in a manifest next to it.
 
-Before the first record is written, `<records>.manifest.json` states the model (name and input-embedding
-fingerprint), the backend and dtype, the generation settings, the scorer version and the fingerprint of every
-steering token the records use. A later run into the same file must agree on all of it (new tokens may be
-added, e.g. when a grid grows), or it is refused: records of two runs are never mixed. Every record carries
-the manifest's run id. One writer at a time holds the file's lock.
+Before the first record is written, `<records>.manifest.json` states the model (its name, a fingerprint of
+every file that makes it answer as it does — all weights, config, tokenizer, chat template — and, once loaded,
+its input-embedding fingerprint and engine dtype), the backend and dtype, the generation settings, the scorer
+version and the fingerprint of every steering token the records use. A later run into the same file must agree
+on all of it (new tokens may be added, e.g. when a grid grows), or it is refused before any model loads:
+records of two runs are never mixed. Every record carries the manifest's run id, and so does every row of the
+files scored from them (`score`'s `.fluency`, `judge`'s folder): these sidecars belong to the run and move
+aside with it on --restart. One writer at a time holds the file's lock.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -20,9 +24,13 @@ from pathlib import Path
 from typing import Iterator
 
 from steer_eval import __version__
-from steer_eval.errors import RunMismatchError, UserError
+from steer_eval.errors import RunMismatchError, UserError, brief
 
-MANIFEST_VERSION = 1
+# 2: the identity covers every model file (`weights`); version 1 covered the input embeddings only.
+MANIFEST_VERSION = 2
+FLUENCY_SUFFIX = ".fluency"  # `steer-eval score`: <records stem>.fluency (not .jsonl: a folder reads *.jsonl)
+JUDGE_SUFFIX, FOLDER_JUDGE = ".judge", "judge"  # `steer-eval judge FILE`: <stem>.judge/; `judge FOLDER`: judge/
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,18 +41,23 @@ class RunIdentity:
     generation: dict
     scorer: dict  # {"scorer": ..., "version": ...}
     tokens: dict = field(default_factory=dict)  # steering-token name -> vector fingerprint
-    model_fingerprint: str | None = None  # "<embedding fingerprint>/<engine dtype>", known once the model is loaded
+    model_fingerprint: str | None = None  # backend.fingerprint (files/embeddings/engine dtype), once the model loads
+    weights: str | None = None  # models.weights_fingerprint: every file of the model (None: simulated, no model)
 
     @property
     def run_id(self) -> str:
         """Names the settings every record shares (tokens may grow with the run, so they are not part of it)."""
-        core = json.dumps([self.model, self.backend, self.dtype, self.generation, self.scorer], sort_keys=True)
+        core = json.dumps([self.model, self.backend, self.dtype, self.generation, self.scorer, self.weights],
+                          sort_keys=True)
         return hashlib.sha256(core.encode()).hexdigest()[:12]
 
     def conflicts(self, stored: "RunIdentity") -> list[str]:
         """Human-readable differences to a stored identity; tokens only where both name the same token."""
         differences = [f"{name}: {getattr(stored, name)!r} in the folder, {getattr(self, name)!r} now"
                        for name in ("model", "backend", "dtype") if getattr(stored, name) != getattr(self, name)]
+        if stored.weights != self.weights:
+            differences.append(f"model files: fingerprint {stored.weights} in the folder, {self.weights} now (another "
+                               "model, or its weights, config or tokenizer changed)")
         for name in sorted(set(stored.generation) | set(self.generation)):
             old, new = stored.generation.get(name), self.generation.get(name)
             if old != new:
@@ -81,13 +94,23 @@ def manifest_path(records_path: Path) -> Path:
 
 def read_manifest(records_path: Path) -> RunIdentity | None:
     path = manifest_path(records_path)
+    if path.is_dir():
+        raise RunMismatchError(f"{path} is a folder, not a manifest; move it away")
     if not path.is_file():
         return None
     try:
-        return RunIdentity.from_json(json.loads(path.read_text(encoding="utf-8"))["identity"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise RunMismatchError(f"{path} is not a steer-eval manifest ({error!r}); restore it, or rerun with "
-                               "--restart to move the folder's records aside and start over") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        version = manifest.get("manifest_version")
+        identity = RunIdentity.from_json(manifest["identity"])
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise RunMismatchError(f"{path} is not a steer-eval manifest ({brief(error)}); restore it, "
+                               "or rerun with --restart to move the folder's records aside and start over") from None
+    if version != MANIFEST_VERSION:
+        raise RunMismatchError(f"{path} was written by an older steer-eval (manifest version {version}) whose run "
+                               "identity covered the model's input embeddings only, so its records cannot be told "
+                               "apart from another model's; rerun with --restart to move them aside and start "
+                               "over, or write to a new output (analyze still reads them)")
+    return identity
 
 
 def write_manifest(records_path: Path, identity: RunIdentity, throughput: dict | None = None) -> None:
@@ -127,18 +150,42 @@ def check_identity(records_path: Path, identity: RunIdentity) -> RunIdentity | N
     return stored
 
 
+def records_stem(source: Path) -> str:
+    """`records.jsonl`, `records.tar.gz` -> `records`: the name its sidecars start with."""
+    return Path(source.name.removesuffix(".tar.gz")).stem
+
+
+def sidecars(records_path: Path) -> list[Path]:
+    """Files that belong to a records file's run: its manifest, fluency scores and judge folders."""
+    stem = records_stem(records_path)
+    paths = [manifest_path(records_path), records_path.with_name(stem + FLUENCY_SUFFIX),
+             records_path.with_name(stem + JUDGE_SUFFIX)]
+    if records_path.name == "records.jsonl":  # a grid's folder: `judge FOLDER` and `score FOLDER` write these
+        paths.append(records_path.with_name(FOLDER_JUDGE))
+    return paths
+
+
 def set_aside(records_path: Path) -> Path | None:
-    """--restart: move the records and manifest to a dated backup name; nothing is deleted."""
+    """--restart: move the records and every sidecar of their run to a dated backup name; nothing is deleted."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = None
-    for path in (records_path, manifest_path(records_path)):
+    for path in (records_path, *sidecars(records_path)):
         if path.exists():
             target = path.with_name(f"{path.name}.replaced-{stamp}")
             os.replace(path, target)
+            log.warning("moved the previous run's %s aside to %s", path.name, target)
             moved = moved or target
-    if moved:
-        print(f"steer-eval: moved the previous records aside to {moved}", file=sys.stderr)
     return moved
+
+
+def check_sidecar_run(sidecar: Path, sidecar_runs: set[str], records_runs: set[str]) -> None:
+    """Scores computed from another run's records are refused: they would be shown next to records they never
+    scored (e.g. after --restart, or a fluency file copied into another folder)."""
+    foreign = sorted(sidecar_runs - records_runs)
+    if foreign:
+        raise RunMismatchError(f"{sidecar} holds scores of run {', '.join(repr(r) for r in foreign[:3])}, but the "
+                               f"records are of run {', '.join(repr(r) for r in sorted(records_runs)[:3]) or 'none'}; "
+                               "move it away (or delete it) and score the records again")
 
 
 @contextmanager

@@ -26,11 +26,12 @@ from steer_eval.activation import unsupported_backend
 from steer_eval.assembly import vector_names
 from steer_eval.backends.simulate import SIMULATED_SCORER
 from steer_eval.backends.spec import DEFAULT_CHUNK_SIZE, BackendSpec
-from steer_eval.behaviors import AND_TOKEN
+from steer_eval.behaviors import AND_TOKEN, resolve
 from steer_eval.errors import RunMismatchError, UserError
 from steer_eval.generation import GenerationConfig
-from steer_eval.models import model_label, resolve_model_path
-from steer_eval.records import Record, Request, append_records, decode_records, read_records, read_rows
+from steer_eval.models import model_label, resolve_model_path, weights_fingerprint
+from steer_eval.records import (Record, Request, append_records, decode_records, parse_record, read_records,
+                                read_rows)
 from steer_eval.run_identity import (RunIdentity, check_identity, exclusive, read_manifest, read_throughput,
                                      set_aside, write_manifest)
 from steer_eval.scoring import SCORER_NAME, SCORER_VERSION
@@ -61,6 +62,8 @@ def scan(requests: Iterable[Request]) -> PlanScan:
         if known != request.prompt:
             raise UserError(f"prompt id {request.prompt_id!r} names two different prompts; give every prompt its "
                             "own id")
+    for behaviors, _, _ in settings:
+        resolve(behaviors)  # an unknown behaviour is named as one, not as a missing steering token
     result.hashes = np.unique(np.frombuffer(hashes, dtype=np.int64))
     if len(result.hashes) != result.count:
         raise UserError("the same evaluation appears twice in one run (repeated prompt ids or settings); remove "
@@ -106,19 +109,23 @@ def missing_tokens(spec: BackendSpec, names: set[str]) -> list[str]:
 
 
 def run_identity(spec: BackendSpec, config: GenerationConfig, tokens: set[str]) -> RunIdentity:
-    scorer = SIMULATED_SCORER if spec.simulated else {"scorer": SCORER_NAME, "version": SCORER_VERSION}
-    return RunIdentity(model_label(spec.model), spec.backend, spec.dtype, config.as_dict(), scorer,
-                       token_fingerprints(spec, tokens))
+    if spec.simulated:
+        return RunIdentity(model_label(spec.model), spec.backend, spec.dtype, config.as_dict(), SIMULATED_SCORER)
+    tokens = token_fingerprints(spec, tokens)  # missing tokens are named before the model's files are read
+    return RunIdentity(model_label(spec.model), spec.backend, spec.dtype, config.as_dict(),
+                       {"scorer": SCORER_NAME, "version": SCORER_VERSION}, tokens,
+                       weights=weights_fingerprint(spec.model))
 
 
 def _stored_hashes(path: Path, run_id: str, prompts: dict[str, str]) -> np.ndarray:
     """Sorted key hashes of the records already in the file (responses are parsed and dropped, never kept);
     refuses rows of another run or another prompt text under one of this run's prompt ids."""
     hashes = array("q")
-    for row in read_rows(path):
-        request = Request.from_json(row)
-        if row.get("run") != run_id:
-            raise RunMismatchError(f"{path} holds a record of run {row.get('run')!r}, not {run_id!r} as its manifest "
+    for number, row in enumerate(read_rows(path), start=1):
+        record = parse_record(row, str(path), number)  # the reader's validation: a row that is no record is named
+        request = record.request
+        if record.run != run_id:
+            raise RunMismatchError(f"{path} holds a record of run {record.run!r}, not {run_id!r} as its manifest "
                                    "says (files of two runs were combined?); write to a new output, or rerun with "
                                    "--restart to move them aside")
         expected = prompts.get(request.prompt_id)

@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from steer_eval.activation import Intervention
-from steer_eval.errors import UserError
+from steer_eval.errors import UserError, brief
 
 VECTOR_FILE = "vector.safetensors"
 METADATA_FILE = "metadata.json"
@@ -122,8 +122,14 @@ class TokenStore:
             # Activation vectors sit one level down (caa/german); a token folder never nests.
             for candidate in [folder] if (folder / METADATA_FILE).is_file() else sorted(folder.glob("*/")):
                 if (candidate / METADATA_FILE).is_file():
-                    found.append(json.loads((candidate / METADATA_FILE).read_text())["name"])
+                    found.append(self._stored_name(candidate))
         return found
+
+    def _stored_name(self, folder: Path) -> str:
+        try:
+            return str(json.loads((folder / METADATA_FILE).read_text(encoding="utf-8"))["name"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"{folder.relative_to(self.directory)} (unreadable {METADATA_FILE})"
 
     def has(self, name: str) -> bool:
         return (self.path(name) / METADATA_FILE).is_file()
@@ -155,7 +161,7 @@ class TokenStore:
                                   meta.get("training_config", {}),
                                   Intervention.from_json(intervention) if intervention is not None else None)
         except (OSError, ValueError, KeyError, TypeError, UserError, SafetensorError) as error:
-            raise TokenError(f"steering token files in {folder} are corrupt or incomplete ({error!r}); "
+            raise TokenError(f"steering token files in {folder} are corrupt or incomplete ({brief(error)}); "
                              "delete the folder and train the token again") from None
         expected_kind = name.split("/")[0] if "/" in name else None
         kind = token.intervention.kind if token.intervention is not None else None

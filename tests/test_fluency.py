@@ -37,15 +37,15 @@ def test_scores_equal_an_independent_forward_pass_and_resume(tiny_hf, tmp_path):
     scores = read_scores(sidecar)
     for record in records[:2]:  # steering tokens and instructions play no part: the plain prompt only
         expected = _independent_mean_logprob(tiny_hf, record.request.prompt, record.response)
-        assert scores[record.key] == pytest.approx(expected, abs=1e-4)
-    assert scores[records[2].key] is None  # an empty response has no tokens to score
-    merged = list(with_fluency(iter_records(tmp_path / "records.jsonl"), scores))
-    assert [r.quality.get("fluency") for r in merged] == [scores[r.key] for r in records]
+        assert scores["r1", record.key] == pytest.approx(expected, abs=1e-4)
+    assert scores["r1", records[2].key] is None  # an empty response has no tokens to score
+    merged = list(with_fluency(iter_records(tmp_path / "records.jsonl"), scores, sidecar))
+    assert [r.quality.get("fluency") for r in merged] == [scores["r1", r.key] for r in records]
 
     lines = sidecar.read_bytes().splitlines()
     sidecar.write_bytes(b"\n".join(lines[:2]) + b"\n" + lines[2][:10])  # a crash cut the last line short
     score_records(tmp_path / "records.jsonl", tiny_hf, progress=False)
-    rows = [json.loads(line) for line in sidecar.read_text().splitlines()[:2] + sidecar.read_text().splitlines()[3:]]
+    rows = [json.loads(line) for line in sidecar.read_text().splitlines()]  # the cut line removed before appending
     assert sorted(row["key"] for row in rows) == sorted(r.key for r in records)  # each once, the cut one again
     before = sidecar.read_bytes()
     score_records(tmp_path / "records.jsonl", tiny_hf, progress=False)
@@ -54,8 +54,8 @@ def test_scores_equal_an_independent_forward_pass_and_resume(tiny_hf, tmp_path):
 
 def test_scores_of_another_model_are_refused(tiny_hf, tmp_path):
     _records(tmp_path / "records.jsonl")
-    (tmp_path / "records.fluency").write_text(json.dumps({"key": "x", "fluency": -1.0, "scorer": "abc/float32"})
-                                                     + "\n")
+    row = {"key": "x", "run": "r1", "fluency": -1.0, "scorer": "abc/float32"}
+    (tmp_path / "records.fluency").write_text(json.dumps(row) + "\n")
     with pytest.raises(UserError, match="fluency scores of another model"):
         score_records(tmp_path / "records.jsonl", tiny_hf, progress=False)
 

@@ -10,7 +10,7 @@ import torch
 from steer_eval.activation import unsupported_backend
 from steer_eval.assembly import AssembledPrompt, assemble
 from steer_eval.generation import GenerationConfig
-from steer_eval.models import model_label
+from steer_eval.models import model_label, weights_fingerprint
 from steer_eval.tokens import ModelIdentity, TokenError, TokenStore, default_tokens_dir, load_vectors
 
 
@@ -67,8 +67,10 @@ class SteeringBackend(ABC):
 
     @property
     def fingerprint(self) -> str:
-        """The loaded model as a run identity sees it: input-embedding fingerprint and the dtype it runs in."""
-        return f"{self.identity.fingerprint}/{str(self.dtype).removeprefix('torch.')}"
+        """The loaded model as a run identity sees it: all of its files, its input embeddings and the dtype it
+        runs in."""
+        return (f"{weights_fingerprint(self.model_spec)}/{self.identity.fingerprint}/"
+                f"{str(self.dtype).removeprefix('torch.')}")
 
     @property
     @abstractmethod
