@@ -12,7 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from steer_eval.errors import UserError
+from steer_eval.errors import UserError, brief
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -166,6 +166,27 @@ def _folder_of(spec: str) -> Path:
                          "model folder, an embedded model name or a Hugging Face id this machine can download") from None
 
 
+def _check_model_files(folder: Path, files: list[Path]) -> None:
+    """What loading would trip over, named before anything loads: a config that is not one, unreadable weights."""
+    from safetensors import safe_open
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+            raise ValueError("no model_type")
+    except (OSError, ValueError) as error:
+        raise ModelError(f"{folder / 'config.json'} is not a model configuration ({brief(error)}); give a Hugging "
+                         "Face model folder (config.json, weights, tokenizer)") from None
+    for path in files:
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(path, framework="pt"):
+                    pass
+            except Exception as error:  # noqa: BLE001 - safetensors raises its own error type for every defect
+                raise ModelError(f"{path} is not a readable safetensors file ({brief(error)}); restore the model "
+                                 "folder (for the default model: steer-eval models fetch smollm2-135m)") from None
+
+
 def weights_fingerprint(spec: str) -> str:
     """A hash of every file that makes the model answer as it does (all weights, not only the embeddings; config,
     tokenizer, chat template). Hashing reads the whole folder once; the result is kept in $STEER_EVAL_HOME keyed by
@@ -184,6 +205,7 @@ def weights_fingerprint(spec: str) -> str:
     cached = known.get(str(folder)) if isinstance(known, dict) else None
     if isinstance(cached, dict) and cached.get("stamp") == stamp:
         return cached["fingerprint"]
+    _check_model_files(folder, files)
     digest = hashlib.sha256()
     for path in files:
         digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
@@ -212,6 +234,7 @@ def model_label(spec: str) -> str:
 def load_model(spec: str, device: str | None = None, dtype: str = "auto"):
     """Load (model, tokenizer) for generation; the model is frozen and in eval mode."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(spec)
@@ -221,8 +244,9 @@ def load_model(spec: str, device: str | None = None, dtype: str = "auto"):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
-    except OSError as error:
-        raise ModelError(f"could not load model {spec!r}: {error}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as error:
+        raise ModelError(f"could not load model {spec!r} ({brief(error)}); give a Hugging Face model folder "
+                         "(config.json, weights, tokenizer) or an embedded model name") from None
     lm.eval().requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

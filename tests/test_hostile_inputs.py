@@ -110,3 +110,14 @@ def test_an_unknown_behaviour_is_named_as_one(command, tiny_model_dir, capsys):
 
 def test_a_folder_given_as_a_prompt_file_is_called_a_folder(tiny_model_dir, tmp_path, capsys):
     assert "is a directory" in _refused(_infer(tiny_model_dir, "--data_path", tmp_path), tmp_path, capsys)
+
+
+@pytest.mark.parametrize("file", ["config.json", "model.safetensors"])
+@pytest.mark.parametrize("make", HOSTILE.values(), ids=HOSTILE)
+def test_model_folder_files(make, file, tiny_model_dir, tmp_path, capsys):
+    import shutil
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / file).unlink()
+    make(model / file)
+    _refused(_infer(model, "--limit", "1"), model, capsys)
