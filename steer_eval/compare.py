@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import tarfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,12 +79,8 @@ def load_run(source: str | Path, name: str | None = None, rejudge: bool = False)
     if not path.exists():
         raise UserError(f"{source} does not exist; give a records JSONL file, a folder of them or a .tar.gz")
     tally = _OrderTally()
-    try:
-        records = iter_records(path)
-        summaries = group_summaries(tally.watch(map(judged_again, records) if rejudge else records))
-    except (tarfile.TarError, EOFError, OSError) as error:
-        raise UserError(f"cannot read {source} as records ({error}); give a JSONL file, a folder or a .tar.gz") \
-            from None
+    records = iter_records(path)
+    summaries = group_summaries(tally.watch(map(judged_again, records) if rejudge else records))
     if not summaries:
         raise UserError(f"no records in {source} (give a JSONL file, a folder of them or a .tar.gz)")
     return Run(name or default_name(path), path, summaries, tally.accuracy())

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import jsonlines
 import orjson
 
-from steer_eval.errors import RecordFileError
+from steer_eval.errors import RecordFileError, brief
 from steer_eval.scoring import SCORER_NAME, SCORER_VERSION, scorer_spec, verify
 
 
@@ -227,7 +227,11 @@ def read_rows(path: str | Path) -> Iterator[dict]:
     path = Path(path)
     if not path.is_file():
         return
-    with path.open("rb") as handle:
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise RecordFileError(f"cannot read {path}: {error.strerror}; give a readable records file") from None
+    with handle:
         yield from parse_lines(handle, str(path))
 
 
@@ -252,15 +256,7 @@ def iter_records(source: str | Path) -> Iterator[Record]:
         for file in sorted(source.glob("*.jsonl")):
             yield from read_records(file)
     elif source.name.endswith(".tar.gz") and source.is_file():
-        try:
-            with tarfile.open(source) as archive:
-                members = sorted((m for m in archive.getmembers() if m.isfile() and m.name.endswith(".jsonl")),
-                                 key=lambda m: m.name)
-                files = [(f"{source}:{m.name}", archive.extractfile(m).read()) for m in members]
-        except (tarfile.TarError, OSError, EOFError) as error:
-            raise RecordFileError(f"{source} is not a readable .tar.gz of records ({error}); give a records JSONL "
-                                  "file, a folder of them or an intact .tar.gz") from None
-        for name, data in files:
+        for name, data in _archive_members(source):
             yield from (parse_record(row, name, n) for n, row in enumerate(parse_lines(io.BytesIO(data), name), 1))
     elif not source.exists():
         raise RecordFileError(f"{source} does not exist; give a records JSONL file, a folder of them or a .tar.gz")
@@ -269,6 +265,26 @@ def iter_records(source: str | Path) -> Iterator[Record]:
                               ".tar.gz")
     else:
         yield from read_records(source)
+
+
+def _archive_members(source: Path) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each .jsonl member of a .tar.gz, one at a time; a damaged archive is one clear error."""
+    def damaged(error: BaseException) -> RecordFileError:
+        return RecordFileError(f"{source} is not a readable .tar.gz of records ({brief(error)}); give a records "
+                               "JSONL file, a folder of them or an intact .tar.gz")
+    try:
+        archive = tarfile.open(source)
+        members = sorted((m for m in archive.getmembers() if m.isfile() and m.name.endswith(".jsonl")),
+                         key=lambda m: m.name)
+    except (tarfile.TarError, OSError, EOFError) as error:
+        raise damaged(error) from None
+    with archive:
+        for member in members:
+            try:
+                data = archive.extractfile(member).read()
+            except (tarfile.TarError, OSError, EOFError) as error:
+                raise damaged(error) from None
+            yield f"{source}:{member.name}", data
 
 
 def load_records(source: str | Path) -> list[Record]:

@@ -97,7 +97,7 @@ def test_bad_input_is_a_user_error(tmp_path, two_runs):
     with pytest.raises(UserError, match="both be called x"):
         compare.load_runs(two_runs, ["x", "x"])
     (tmp_path / "broken.tar.gz").write_bytes(b"not a tar file")
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="not a readable .tar.gz"):
         compare.load_runs([tmp_path / "broken.tar.gz"])
 
 

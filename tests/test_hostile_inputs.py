@@ -121,3 +121,12 @@ def test_model_folder_files(make, file, tiny_model_dir, tmp_path, capsys):
     (model / file).unlink()
     make(model / file)
     _refused(_infer(model, "--limit", "1"), model, capsys)
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.99])
+def test_an_archive_cut_short(keep, tmp_path, capsys):
+    from pathlib import Path
+    shipped = (Path(__file__).parents[1] / "results" / "token_eval" / "records.tar.gz").read_bytes()
+    archive = tmp_path / "records.tar.gz"
+    archive.write_bytes(shipped[:int(len(shipped) * keep)])
+    assert "not a readable .tar.gz" in _refused(["analyze", archive], archive, capsys)
