@@ -23,7 +23,9 @@ what is missing. ``scores.jsonl`` beside it holds one line per record, keyed by 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import html
 import json
 import os
 import random
@@ -64,7 +66,50 @@ class JudgeError(UserError):
 
 
 class MalformedReply(ValueError):
-    """A judge reply that is not the rubric's JSON object."""
+    """A judge reply that is not the rubric's JSON object; `reply` is the server's text, neither masked nor cut."""
+
+    def __init__(self, problem: str, reply: str):
+        super().__init__(problem)
+        self.reply = reply
+
+
+class Redactor:
+    r"""Masks a secret (the API key) in text, in every form a server may echo it: raw (so also after "Bearer "),
+    JSON-escaped (``\/``, ``\"``, ``\\``, ``\uXXXX``), percent-encoded (``quote``, ``quote_plus``), HTML-escaped,
+    any mix of these character by character, hex digits in either case; and base64, standard or URL-safe (as in
+    ``Authorization: Basic base64(user:key)``): for each of the 3 byte alignments, the characters that the
+    secret's bytes alone determine, where they are at least 4.
+
+    Mask before cutting a text: a cut first can leave a part of the secret that no longer matches. For the same
+    reason a server that echoes only a part of the secret is not recognised.
+    """
+
+    def __init__(self, secret: str | None):
+        forms = sorted({secret, *_base64_cores(secret)}, key=len, reverse=True) if secret else []
+        self.pattern = re.compile("|".join("".join(map(_char_pattern, form)) for form in forms)) if forms else None
+
+    def __call__(self, text: str) -> str:
+        return self.pattern.sub(f"<{ENV_API_KEY}>", text) if self.pattern else text
+
+
+def _char_pattern(char: str) -> str:
+    """A regular expression for one character in any of the forms a JSON, URL or HTML encoder writes it."""
+    utf16 = char.encode("utf-16-be")
+    # "\/": JSON's optional escape of "/" (PHP writes it); "+": quote_plus's space
+    literals = {char, json.dumps(char)[1:-1], html.escape(char), {"/": "\\/", " ": "+"}.get(char, char)}
+    return "(?:" + "|".join([*map(re.escape, sorted(literals, key=len, reverse=True)),
+                             "".join(rf"\\u(?i:{utf16[i:i + 2].hex()})" for i in range(0, len(utf16), 2)),
+                             "".join(f"%(?i:{byte:02x})" for byte in char.encode())]) + ")"
+
+
+def _base64_cores(secret: str) -> list[str]:
+    """The base64 characters that the secret's bytes alone determine, standard and URL-safe, for the secret at byte
+    offset 0, 1 or 2 of a 3-byte group: a character holds 6 bits, so from ceil(8 * offset / 6) to
+    floor(8 * (offset + length) / 6)."""
+    data = secret.encode()
+    cores = [encode(bytes(offset) + data).decode()[-(-8 * offset // 6):8 * (offset + len(data)) // 6]
+             for encode in (base64.b64encode, base64.urlsafe_b64encode) for offset in range(3)]
+    return [core for core in cores if len(core) >= 4]  # shorter ones would mask ordinary words
 
 
 def combined(relevance: int, fluency: int) -> float:
@@ -79,12 +124,12 @@ def parse_reply(content: str) -> tuple[int, int]:
     try:
         reply = json.loads(fenced.group(1) if fenced else text)
     except json.JSONDecodeError:
-        raise MalformedReply(f"not JSON: {content[:80]!r}") from None
+        raise MalformedReply("not JSON", content) from None
     if not isinstance(reply, dict) or set(reply) != set(SCALES):
-        raise MalformedReply(f"not an object with exactly relevance and fluency: {content[:80]!r}")
+        raise MalformedReply("not an object with exactly relevance and fluency", content)
     scores = tuple(reply[scale] for scale in SCALES)
     if any(type(score) is not int or score not in (0, 1, 2) for score in scores):
-        raise MalformedReply(f"scores must be the integers 0, 1 or 2: {content[:80]!r}")
+        raise MalformedReply("scores must be the integers 0, 1 or 2", content)
     return scores
 
 
@@ -109,14 +154,15 @@ class JudgeConfig:
     def from_environment(cls, base_url: str | None = None, model: str | None = None, **settings) -> "JudgeConfig":
         """Flags override LLM_JUDGE_BASE_URL and LLM_JUDGE_MODEL; the key comes only from LLM_JUDGE_API_KEY."""
         base_url, model = base_url or os.environ.get(ENV_BASE_URL), model or os.environ.get(ENV_MODEL)
+        api_key = os.environ.get(ENV_API_KEY) or None
         missing = [name for name, value in ((ENV_BASE_URL, base_url), (ENV_MODEL, model)) if not value]
         if missing:
             raise JudgeError(f"no judge configured: set {' and '.join(missing)} (or give --base-url / --model), "
                              f"and {ENV_API_KEY} if the endpoint needs a key")
         if not base_url.startswith(("http://", "https://")):
-            raise JudgeError(f"the judge base URL {base_url!r} is not http(s); set {ENV_BASE_URL}, "
-                             "e.g. http://127.0.0.1:8000/v1")
-        return cls(base_url.rstrip("/"), model, os.environ.get(ENV_API_KEY) or None, **settings)
+            raise JudgeError(f"the judge base URL {Redactor(api_key)(base_url)!r} is not http(s); set "
+                             f"{ENV_BASE_URL}, e.g. http://127.0.0.1:8000/v1")
+        return cls(base_url.rstrip("/"), model, api_key, **settings)
 
     @property
     def endpoint(self) -> str:
@@ -132,9 +178,7 @@ class _Judge:
 
     def __init__(self, config: JudgeConfig, client: httpx.AsyncClient):
         self.config, self.client, self.requests = config, client, 0
-
-    def redact(self, text: str) -> str:
-        return text.replace(self.config.api_key, f"<{ENV_API_KEY}>") if self.config.api_key else text
+        self.redact = Redactor(config.api_key)
 
     async def scores(self, prompt: str, response: str) -> tuple[int, int] | str:
         """(relevance, fluency), or the error recorded for this item."""
@@ -150,10 +194,10 @@ class _Judge:
             try:
                 return parse_reply(_content(await self._post(body)))
             except MalformedReply as error:
-                problem = str(error)
+                problem = f"{error}: {self.redact(error.reply)[:80]!r}"
             except _RejectedItem as error:
-                return self.redact(str(error))
-        return self.redact(f"malformed reply ({self.config.malformed_attempts} attempts): {problem}")
+                return str(error)
+        return f"malformed reply ({self.config.malformed_attempts} attempts): {problem}"
 
     async def _post(self, body: dict) -> httpx.Response:
         url, attempts = self.config.endpoint, self.config.attempts
@@ -169,26 +213,26 @@ class _Judge:
                     return reply
                 failure, retry_after = reply, reply.headers.get("retry-after")
                 if reply.status_code in (401, 403):
-                    raise JudgeError(f"the judge at {url} refused the request (HTTP {reply.status_code}): "
-                                     f"check {ENV_API_KEY}")
+                    raise self._error(f"the judge at {url} refused the request (HTTP {reply.status_code}): "
+                                      f"check {ENV_API_KEY}")
                 if reply.status_code == 404:
-                    raise JudgeError(f"the judge at {url} answered HTTP 404 ({self._snippet(reply)}): check "
-                                     f"{ENV_BASE_URL} (usually ends in /v1) and the model {self.config.model!r} "
-                                     f"({ENV_MODEL})")
+                    raise self._error(f"the judge at {url} answered HTTP 404 ({self._snippet(reply)}): check "
+                                      f"{ENV_BASE_URL} (usually ends in /v1) and the model {self.config.model!r} "
+                                      f"({ENV_MODEL})")
                 if reply.status_code != 429 and reply.status_code < 500:
                     raise _RejectedItem(f"HTTP {reply.status_code}: {self._snippet(reply)}")
             if attempt < attempts:
                 await asyncio.sleep(self._backoff(attempt, retry_after))
         if isinstance(failure, httpx.TimeoutException):
-            raise JudgeError(f"the judge at {url} did not answer within {self.config.timeout_s:g} s "
-                             f"({attempts} attempts); raise --timeout or lower --concurrency")
+            raise self._error(f"the judge at {url} did not answer within {self.config.timeout_s:g} s "
+                              f"({attempts} attempts); raise --timeout or lower --concurrency")
         if isinstance(failure, httpx.TransportError):
-            raise JudgeError(self.redact(
+            raise self._error(
                 f"cannot reach the judge at {url} ({type(failure).__name__}: {failure}; {attempts} attempts): "
                 f"start it, or set {ENV_BASE_URL} (or --base-url), {ENV_MODEL} and {ENV_API_KEY} for the judge "
-                "you mean"))
-        raise JudgeError(f"the judge at {url} answered HTTP {failure.status_code} to {attempts} attempts "
-                         f"({self._snippet(failure)}); try again later or fix the server")
+                "you mean")
+        raise self._error(f"the judge at {url} answered HTTP {failure.status_code} to {attempts} attempts "
+                          f"({self._snippet(failure)}); try again later or fix the server")
 
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         ceiling = min(MAX_BACKOFF_S, self.config.backoff_s * 2 ** (attempt - 1))
@@ -199,16 +243,19 @@ class _Judge:
             return delay
 
     def _snippet(self, reply: httpx.Response) -> str:
-        return self.redact(" ".join(reply.text.split())[:200]) or "empty body"
+        return " ".join(self.redact(reply.text).split())[:200] or "empty body"
+
+    def _error(self, message: str) -> JudgeError:
+        return JudgeError(self.redact(message))  # the URL may hold the key, as userinfo
 
 
 def _content(reply: httpx.Response) -> str:
     try:
         content = reply.json()["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
-        raise MalformedReply(f"not a chat-completions answer: {reply.text[:80]!r}") from None
+        raise MalformedReply("not a chat-completions answer", reply.text) from None
     if not isinstance(content, str):
-        raise MalformedReply(f"no message content: {reply.text[:80]!r}")
+        raise MalformedReply("no message content", reply.text)
     return content
 
 
@@ -277,7 +324,8 @@ def judge_records(source: str | Path, config: JudgeConfig, limit: int | None = N
 async def _judge_missing(config: JudgeConfig, missing: dict[str, tuple[str, str]], cached: dict,
                          errors: dict[str, str], cache_path: Path, progress: bool) -> int:
     """Score the missing items with `concurrency` workers; each score is appended to the cache as it arrives."""
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    # bytes: httpx encodes a str header as ASCII, and would fail on a key with a non-ASCII character
+    headers = {"Authorization": f"Bearer {config.api_key}".encode()} if config.api_key else {}
     limits = httpx.Limits(max_connections=config.concurrency)
     items = iter(missing.items())
     async with httpx.AsyncClient(headers=headers, timeout=config.timeout_s, limits=limits) as client:

@@ -1,8 +1,11 @@
 """The LLM judge against real HTTP: a scripted server on 127.0.0.1 (429s, 500s, malformed and slow replies), and
 the real vLLM OpenAI-compatible server for the default model (e2e)."""
+import base64
+import html
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,12 +15,13 @@ import time
 import urllib.request
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 import pytest
 
 from steer_eval.cli import main
-from steer_eval.judge import (CACHE_FILE, RUBRIC_VERSION, JudgeConfig, JudgeError, MalformedReply, combined,
-                              judge_dir, judge_records, parse_reply, summarize)
+from steer_eval.judge import (CACHE_FILE, RUBRIC_VERSION, JudgeConfig, JudgeError, MalformedReply, Redactor,
+                              combined, judge_dir, judge_records, parse_reply, summarize)
 from steer_eval.records import Record, Request, append_records, read_rows
 
 FAKE_KEY = "sk-FAKE-7f3a9c-NEVER-PRINT-ME"
@@ -41,6 +45,10 @@ def rubric_answer(body: dict):
     """A well-behaved judge: fluency 0 for a repetition loop, 2 otherwise; relevance 2."""
     fluency = 0 if "sea sea sea" in body["messages"][1]["content"] else 2
     return 200, completion(json.dumps({"relevance": 2, "fluency": fluency})), 0.0
+
+
+class Server(ThreadingHTTPServer):
+    request_queue_size = 64  # the default 5 drops connections of a burst of 8 (the judge's concurrency): 1 s resends
 
 
 class ScriptedJudge:
@@ -73,7 +81,7 @@ class ScriptedJudge:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
@@ -305,6 +313,126 @@ def test_the_api_key_is_sent_but_never_written_or_printed(tmp_path, serve, monke
     produced = [*messages, captured.out, captured.err, caplog.text, repr(JudgeConfig.from_environment("http://x", "m"))]
     produced += [path.read_text() for path in tmp_path.rglob("*") if path.is_file()]
     assert not [text for text in produced if FAKE_KEY in text or "FAKE-7f3a9c" in text]
+
+
+# --- the key in every form a server may echo it ------------------------------------------------------------------
+
+KEYS = {"plain": "sk-plain0123456789abcdefXYZ", "slash-plus-equals": "SECRET/XYZ+123==",
+        "quote-backslash": 'SECRET"quoted\\back/slash', "non-ascii": "clé-secrète/été+=42"}
+MASK = "<LLM_JUDGE_API_KEY>"
+
+
+def echoes(key: str) -> dict[str, str]:
+    """The key as a server may echo it: in JSON, in a URL, in HTML, in an Authorization header."""
+    escaped, percent, basic = json.dumps(key)[1:-1], quote(key, safe=""), f"user:{key}".encode()
+    return {"raw": key, "bearer": f"Bearer {key}", "json": escaped, "json-slash": escaped.replace("/", "\\/"),
+            "json-utf8": json.dumps(key, ensure_ascii=False)[1:-1],
+            "json-uXXXX": "".join(c if c.isascii() and c.isalnum() else f"\\u{ord(c):04X}" for c in key),
+            "quote": percent, "quote-lower-hex": re.sub("%..", lambda m: m[0].lower(), percent),
+            "quote_plus": quote_plus(key), "html": html.escape(key),
+            "basic": f"Basic {base64.b64encode(basic).decode()}",
+            "basic-urlsafe": base64.urlsafe_b64encode(basic).decode(), "base64": base64.b64encode(key.encode()).decode(),
+            "base64-at-1": base64.b64encode(b"x" + key.encode()).decode()}
+
+
+def json_unescaped(text: str) -> str:
+    return re.sub(r"\\(u[0-9a-fA-F]{4}|.)", lambda m: chr(int(m[1][1:], 16)) if len(m[1]) == 5 else m[1], text)
+
+
+def leaks(key: str, text: str) -> list[str]:
+    """What a text gives away of the key: its first 4 characters, in the text decoded as any of `echoes` does; or
+    its first 3 bytes, base64-decoded from any run of base64 characters at any alignment."""
+    views = {text, unquote(text), unquote_plus(text), html.unescape(text), json_unescaped(text)}
+    found = [view for view in views if key[:4] in view]
+    for run in (run for view in views for run in re.findall(r"[A-Za-z0-9+/_-]{4,}", view)):
+        for shift in range(4):
+            chunk = run[shift:].translate(str.maketrans("-_", "+/"))
+            if key.encode()[:3] in base64.b64decode(chunk[:len(chunk) // 4 * 4]):
+                found.append(f"base64 {run}")
+    return found
+
+
+def straddling(echo: str, cut: int, befores=None) -> list[str]:
+    """Server texts that put the echo across a cut after `cut` characters, with `befores` of its characters (by
+    default 1, 2... all of them) before the cut."""
+    return ["~" * (cut - before) + echo + "~" * 8 for before in befores or range(1, len(echo) + 1)]
+
+
+@pytest.mark.parametrize("key", KEYS.values(), ids=KEYS)
+def test_the_redactor_masks_every_form_of_the_key_before_any_cut(key):
+    redact = Redactor(key)
+    for name, echo in echoes(key).items():
+        assert not leaks(key, redact(echo)), name
+        for cut in (80, 200):
+            for text in straddling(echo, cut):
+                assert not leaks(key, redact(text)[:cut]), (name, text)
+    ordinary = "a reply without the key: {\"error\": \"Not Found\"} %2F \\u00e9 &quot; dXNlcjpwYXNz é/+="
+    assert redact(ordinary) == ordinary and Redactor(None)(ordinary) == ordinary
+    assert redact(f"Bearer {key}") == f"Bearer {MASK}" and redact(json.dumps(key)) == f'"{MASK}"'
+
+
+def test_the_redactor_masks_base64_only_where_the_key_alone_decides_it():
+    basic = base64.b64encode(b"user:SECRET/XYZ+123").decode()  # dXNlcjpTRUNSRVQvWFlaKzEyMw==
+    assert Redactor("SECRET/XYZ+123")(f"Basic {basic}") == f"Basic dXNlcjp{MASK}w=="  # p, w: bits of the key and others
+    assert Redactor("abc")("YWJj abc") == f"{MASK} {MASK}" and Redactor("ab")("YWI= ab") == f"YWI= {MASK}"
+
+
+SURFACES = {  # how a server's text reaches the user, and after how many of its characters it is cut there
+    "not-a-chat-answer": (lambda text: (200, text), 80),
+    "malformed-content": (lambda text: (200, completion(text)), 80),
+    "http-400": (lambda text: (400, text), 200),
+    "http-404": (lambda text: (404, text), 200),
+    "http-503": (lambda text: (503, text), 200),
+}
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+@pytest.mark.parametrize("key", KEYS.values(), ids=KEYS)
+def test_a_server_echoing_the_key_never_gets_it_into_files_messages_or_logs(tmp_path, serve, key, surface, capsys,
+                                                                            caplog):
+    caplog.set_level(logging.DEBUG)
+    answer, cut = SURFACES[surface]
+    stops = surface in ("http-404", "http-503")  # the run stops at the first such reply: one run per text
+    texts = [text for echo in echoes(key).values()
+             for text in straddling(echo, cut, [len(echo) // 2] if stops else [4, len(echo) // 2, len(echo) - 1])]
+
+    def echo(number, body, headers):
+        return *answer(texts[int(re.search(r"case (\d+)", body["messages"][1]["content"])[1])]), 0.0
+    server = serve(echo)
+    judge = config(server.base_url, api_key=key, attempts=1, malformed_attempts=1)
+    cases = [(f"p{i}", f"case {i}", "a response", "text") for i in range(len(texts))]
+    produced = []
+    if stops:
+        for i, case in enumerate(cases):
+            with pytest.raises(JudgeError, match=f"answered HTTP {surface[-3:]}.*~~~~") as error:
+                judge_records(write_records(tmp_path / f"r{i}.jsonl", [case]), judge, progress=False)
+            produced.append(str(error.value))
+    else:
+        result = judge_records(write_records(tmp_path / "r.jsonl", cases), judge, progress=False)
+        assert result.errors == len(texts) and all("~~~~" in row["error"] for row in result.rows)
+        produced += [row["error"] for row in read_rows(result.scores_path)]
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {key}".encode().decode("latin-1")
+    produced += [*capsys.readouterr(), caplog.text]
+    produced += [path.read_text() for path in tmp_path.rglob("*") if path.is_file()]
+    assert not [leak for text in produced for leak in leaks(key, text)]
+
+
+@pytest.mark.parametrize("key", KEYS.values(), ids=KEYS)
+def test_a_url_holding_the_key_is_masked_in_messages(tmp_path, serve, monkeypatch, key):
+    userinfo = f"user:{quote(key, safe='')}@"
+    records = write_records(tmp_path / "r.jsonl")
+    server = serve(lambda number, body, headers: (404, "no such model", 0.0))
+    messages = []
+    for base_url in (server.base_url.replace("//", f"//{userinfo}"), f"http://{userinfo}127.0.0.1:{free_port()}/v1"):
+        with pytest.raises(JudgeError) as error:
+            judge_records(records, config(base_url, api_key=key, attempts=1), progress=False)
+        messages.append(str(error.value))
+    monkeypatch.setenv("LLM_JUDGE_API_KEY", key)
+    with pytest.raises(JudgeError) as error:
+        JudgeConfig.from_environment(f"ftp://{userinfo}example.org/v1", "m")
+    messages.append(str(error.value))
+    assert all(f"user:{MASK}@" in message for message in messages)
+    assert not [leak for message in messages for leak in leaks(key, message)]
 
 
 def test_the_cli_prints_a_summary_per_control_method(tmp_path, serve, capsys):
