@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from steer_eval.errors import UserError
 from steer_eval.records import append_records, iter_records, read_rows
+from steer_eval.run_identity import FOLDER_JUDGE, JUDGE_SUFFIX, records_stem
 
 RUBRIC_VERSION = "axbench-relevance-fluency-0-2/1"
 ENV_BASE_URL, ENV_MODEL, ENV_API_KEY = "LLM_JUDGE_BASE_URL", "LLM_JUDGE_MODEL", "LLM_JUDGE_API_KEY"
@@ -260,12 +261,25 @@ def _content(reply: httpx.Response) -> str:
 
 
 def judge_dir(source: str | Path) -> Path:
-    """Where a records source's judge files go: <folder>/judge for a folder, <name>.judge beside a file."""
+    """Where a records source's judge files go: <folder>/judge for a folder, <name>.judge beside a file (sidecars
+    of the records' run: --restart moves them aside with the records)."""
     source = Path(source)
     if source.is_dir():
-        return source / "judge"
-    name = source.name.removesuffix(".tar.gz").removesuffix(".jsonl")
-    return source.with_name(f"{name}.judge")
+        return source / FOLDER_JUDGE
+    return source.with_name(records_stem(source) + JUDGE_SUFFIX)
+
+
+def _read_cache(path: Path) -> dict[str, tuple[int, int]]:
+    """cache key -> (relevance, fluency); a row that is not a score is an error naming the file (never a crash)."""
+    if path.exists() and not path.is_file():
+        raise JudgeError(f"{path} is a folder where the judge's cache belongs; move it away")
+    cached = {}
+    for number, row in enumerate(read_rows(path), start=1):
+        scores = (row.get("relevance"), row.get("fluency"))
+        if not isinstance(row.get("key"), str) or any(type(s) is not int or s not in (0, 1, 2) for s in scores):
+            raise JudgeError(f"{path}: row {number} is not a judge score; move the file away and judge again")
+        cached[row["key"]] = scores
+    return cached
 
 
 @dataclass
@@ -287,12 +301,13 @@ def judge_records(source: str | Path, config: JudgeConfig, limit: int | None = N
     its judge_dir."""
     folder = judge_dir(source)
     cache_path = folder / CACHE_FILE
-    cached = {row["key"]: (row["relevance"], row["fluency"]) for row in read_rows(cache_path)}
+    cached = _read_cache(cache_path)
     rows, missing = [], {}
     for record in islice(iter_records(source), limit):
         key = cache_key(config.model, record.request.prompt, record.response)
-        rows.append({"key": record.key, "prompt_id": record.prompt_id, "control_method": record.control_method,
-                     "mode": record.mode, "behaviors": list(record.behaviors), "cache_key": key})
+        rows.append({"key": record.key, "run": record.run, "prompt_id": record.prompt_id,
+                     "control_method": record.control_method, "mode": record.mode,
+                     "behaviors": list(record.behaviors), "cache_key": key})
         if key not in cached:
             missing[key] = (record.request.prompt, record.response)
     if not rows:

@@ -130,3 +130,15 @@ def test_an_archive_cut_short(keep, tmp_path, capsys):
     archive = tmp_path / "records.tar.gz"
     archive.write_bytes(shipped[:int(len(shipped) * keep)])
     assert "not a readable .tar.gz" in _refused(["analyze", archive], archive, capsys)
+
+
+@pytest.mark.parametrize("make", [make for name, make in HOSTILE.items() if name != "empty"],
+                         ids=[name for name in HOSTILE if name != "empty"])
+def test_judge_caches(make, tmp_path, capsys, monkeypatch):
+    (tmp_path / "records.jsonl").write_text(json.dumps(RECORD) + "\n")
+    (tmp_path / "records.judge").mkdir()
+    cache = tmp_path / "records.judge" / "cache.jsonl"
+    make(cache)
+    monkeypatch.setenv(ENV_BASE_URL, "http://127.0.0.1:9/v1")  # nothing listens: the cache fails first
+    monkeypatch.setenv(ENV_MODEL, "judge")
+    _refused(["judge", tmp_path / "records.jsonl"], cache, capsys)
