@@ -139,3 +139,48 @@ def test_trainer_refuses_an_empty_selection(tiny_model_dir, tmp_path, capsys):
         trainer.train(trainer.parse_args(["--model", str(tiny_model_dir), "--data", str(data),
                                           "--behaviors", "spanish", "--out_dir", str(tmp_path / "run")]))
     assert exit_info.value.code == 2 and "no training records" in capsys.readouterr().err
+
+
+def _prosv_args(tiny_model_dir, tmp_path, data, *extra):
+    return ["--model", str(tiny_model_dir), "--data", str(data), "--layer", "1", "--tokens_dir",
+            str(tmp_path / "tokens"), "--out_dir", str(tmp_path / "run"), "--epochs", "1", "--batch_size", "4",
+            "--device", "cpu", *extra]
+
+
+def test_a_rerun_into_a_finished_out_dir_is_refused_and_restart_moves_it_aside(tiny_model_dir, tmp_path, capsys,
+                                                                               monkeypatch):
+    trainer = _trainer()
+    data = tmp_path / "german_train.json"
+    data.write_text(json.dumps([{"prompt": f"Tell me about rivers {i}", "response": "Flüsse sind lang.",
+                                 "behaviors": ["german"]} for i in range(6)]))
+    trainer.main(_prosv_args(tiny_model_dir, tmp_path, data))
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "load_model", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+        for extra in ([], ["--lr", "1e-2"]):  # the same settings (finished), and others
+            with pytest.raises(SystemExit) as exit_info:
+                trainer.main(_prosv_args(tiny_model_dir, tmp_path, data, *extra))
+            error = capsys.readouterr().err
+            assert exit_info.value.code == 2 and len(error.splitlines()) == 1 and "--restart" in error
+            assert ("finished run" if not extra else "lr: 0.005 in the folder, 0.01 now") in error
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before  # nothing overwritten
+    trainer.main(_prosv_args(tiny_model_dir, tmp_path, data, "--lr", "1e-2", "--restart"))
+    [aside] = (tmp_path / "run").glob("replaced-*")
+    assert {p.name: p.read_bytes() for p in aside.iterdir()} == {p.name: b for p, b in before.items()
+                                                                 if p.parent == tmp_path / "run"}
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["finished"]["tokens"] == ["prosv/german"]
+
+
+@pytest.mark.parametrize("content, message", [(b"\xff\xfe", "not UTF-8"), (b"[1, 2]", "not a record"),
+                                              (None, "is a directory"), (b'[{"prompt": "p", "response": "r", '
+                                                                         b'"behaviors": ["x"]}]', "unknown behaviour")])
+def test_bad_data_is_one_line_before_the_model_loads(tiny_model_dir, tmp_path, content, message, capsys, monkeypatch):
+    trainer = _trainer()
+    path = tmp_path / "data.json"
+    path.mkdir() if content is None else path.write_bytes(content)
+    monkeypatch.setattr(trainer, "load_model", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.main(_prosv_args(tiny_model_dir, tmp_path, path))
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and error.count("\n") == 1 and str(path) in error and message in error

@@ -1,4 +1,5 @@
 """The trainer's mechanics on the tiny random Llama: loss, what changes, <and>, resume, two-process data parallel."""
+import dataclasses
 import importlib.util
 import json
 import math
@@ -204,15 +205,22 @@ class _RunsCode:
         return (Path.write_text, (Path(self.marker), "code ran"))
 
 
+def _manifest(out_dir, **config):
+    """run.json of a run of these settings that has not yet taken a step (as the trainer writes it)."""
+    from steer_eval.training_run import RunFolder, TrainingIdentity
+    settings = {**dataclasses.asdict(trainer.TrainConfig(model="m", data=["d.json"])), **config}
+    RunFolder(out_dir, "train.py").start(TrainingIdentity.of("train.py", settings, [], "fingerprint"), restart=False)
+
+
 def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path, capsys):
     marker = tmp_path / "pwned"
     out_dir = tmp_path / "run"
-    out_dir.mkdir()
+    _manifest(out_dir)
     torch.save({"config": {}, "payload": _RunsCode(marker)}, out_dir / "ckpt.pt")
     with pytest.raises(SystemExit) as exit_info:
-        trainer.resumed_config(["--out_dir", str(out_dir), "--resume", "--model", "m", "--data", "d.jsonl"])
+        trainer.main(["--out_dir", str(out_dir), "--resume"])
     error = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "is not a checkpoint this trainer wrote" in error and "without --resume" in error
+    assert exit_info.value.code == 2 and "is not a checkpoint this trainer wrote" in error and "--restart" in error
     assert not marker.exists()
     torch.load(out_dir / "ckpt.pt", weights_only=False)  # the same file under full unpickling: the code runs
     assert marker.read_text() == "code ran"
@@ -231,12 +239,11 @@ def test_torchrun_two_cpu_processes_agree(tiny_model_dir, data, tmp_path):
     assert (tmp_path / "tokens" / "spanish" / "vector.safetensors").is_file()
 
 
-def test_resume_refuses_a_checkpoint_of_an_older_trainer(tmp_path, capsys):
+def test_resume_refuses_a_run_of_an_older_trainer(tmp_path, capsys):
     out_dir = tmp_path / "run"
-    out_dir.mkdir()
-    torch.save({"config": {"model": "m", "autocast": "auto"}}, out_dir / "ckpt.pt")
+    _manifest(out_dir, autocast="auto")
     with pytest.raises(SystemExit) as exit_info:
-        trainer.resumed_config(["--out_dir", str(out_dir), "--resume"])
+        trainer.main(["--out_dir", str(out_dir), "--resume"])
     assert exit_info.value.code == 2
     assert "another version of this trainer (settings autocast)" in capsys.readouterr().err
 

@@ -13,13 +13,18 @@ decoder as CUDA graphs).
     python trainers/train.py --stage behaviour --data data/language/german_train.json --lr 3e-3
     torchrun --standalone --nproc-per-node=2 trainers/train.py ...   # data parallel (gloo on CPU, nccl on GPU)
     python trainers/train.py --out_dir runs/german --resume          # continue exactly where it stopped
+
+The out_dir is one run (rules: `steer_eval.training_run`). Before the first step `run.json` records a run id, the
+settings (but resume, restart, stop_after, device, cuda_graphs), the SHA-256 of the data files and the model's weights
+fingerprint; checkpoints carry the run id. Another run, or a finished one, in the out_dir is refused in one line;
+`--restart` moves its files into `replaced-<date>/`; `--resume` continues the folder's own run (from step 0 if it was
+killed before its first checkpoint). The log is append-only. Inputs are checked before the model loads (exit 2).
 """
 import argparse
 import dataclasses
 import json
 import math
 import os
-import pickle
 import random
 import sys
 import time
@@ -34,12 +39,19 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/train.py` from a checkout
 from steer_eval.assembly import assemble  # noqa: E402
-from steer_eval.behaviors import AND_TOKEN, BehaviorError, get_behavior  # noqa: E402
+from steer_eval.behaviors import AND_TOKEN, get_behavior  # noqa: E402
 from steer_eval.decoder_graphs import DecoderGraphs  # noqa: E402
 from steer_eval.distillation import (distillation_step, training_dtype, training_graphs,  # noqa: E402
                                      training_group_size)
-from steer_eval.models import load_model, model_label  # noqa: E402
-from steer_eval.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore, default_tokens_dir  # noqa: E402
+from steer_eval.errors import UserError  # noqa: E402
+from steer_eval.models import load_model, model_label, weights_fingerprint  # noqa: E402
+from steer_eval.tokens import ModelIdentity, SteeringToken, TokenStore, default_tokens_dir  # noqa: E402
+from steer_eval.training_run import (VOLATILE, RunFolder, TrainingIdentity, TrainingInputError,  # noqa: E402
+                                     check_checkpoint_state, read_training_data, restore_checkpoint, restore_config,
+                                     save_checkpoint, short, token_fingerprints)
+from steer_eval import training_run  # noqa: E402
+
+TRAINER = "train.py"
 
 
 @dataclass
@@ -49,7 +61,7 @@ class TrainConfig:
     data: list = field(default_factory=list)  # JSON/JSONL files of {prompt, response, behaviors, ...}
     behaviors: list = field(default_factory=list)  # stage behaviour: train only these (default: all in data)
     tokens_dir: Optional[str] = None  # token store to write to (and, for stage `and`, read frozen tokens from)
-    out_dir: str = "runs/train"  # checkpoint, log.jsonl
+    out_dir: str = "runs/train"  # run.json, ckpt.pt, log.jsonl, summary.json
     subset: float = 1.0  # fraction of the records used (after a seeded shuffle)
     epochs: int = 2
     batch_size: int = 8  # global batch: split across ranks
@@ -73,6 +85,7 @@ class TrainConfig:
     device: str = "auto"
     resume: bool = False
     stop_after: int = 0  # stop (with a checkpoint) after this many steps of the schedule; 0 = run to the end
+    restart: bool = False  # move the out_dir's run aside (into replaced-<date>/) and start over
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -90,50 +103,47 @@ def parse_config(argv=None) -> TrainConfig:
             kind = {Optional[str]: str}.get(f.type, f.type)
             parser.add_argument(*names, type=kind, default=default)
     config = TrainConfig(**vars(parser.parse_args(argv)))
-    if config.stage not in ("behaviour", "and"):
-        parser.error(f"--stage must be 'behaviour' or 'and', not {config.stage!r}")
-    if not config.resume and not config.data:
-        parser.error("--data is required: JSON files from trainers/build_data.py")
-    if config.run_validation and not config.val_data_path:
-        parser.error("--run_validation needs --val_data_path")
-    if not 0 < config.subset <= 1:
-        parser.error("--subset is a fraction in (0, 1]")
-    if config.dtype not in ("auto", "bfloat16", "float32"):
-        parser.error(f"--dtype must be auto, bfloat16 or float32, not {config.dtype!r}")
-    if config.group_size < -1:
-        parser.error("--group_size is examples per micro-batch: 0 for the whole batch, -1 to choose by device")
-    if config.cuda_graphs not in ("auto", "on", "off"):
-        parser.error(f"--cuda_graphs must be auto, on or off, not {config.cuda_graphs!r}")
-    if config.cuda_graphs == "on" and config.gradient_checkpointing:
-        parser.error("--cuda_graphs on and --gradient_checkpointing do not go together; choose one")
+    if config.resume and config.restart:
+        parser.error("--resume continues the out_dir's run and --restart starts it over; choose one")
+    check_config(config, parser.error)
     return config
+
+
+def check_config(config: TrainConfig, error):
+    if config.stage not in ("behaviour", "and"):
+        error(f"--stage must be 'behaviour' or 'and', not {short(config.stage)}")
+    if not config.resume and not config.data:
+        error("--data is required: JSON files from trainers/build_data.py")
+    if config.run_validation and not config.val_data_path:
+        error("--run_validation needs --val_data_path")
+    if not 0 < config.subset <= 1:
+        error("--subset is a fraction in (0, 1]")
+    if config.dtype not in ("auto", "bfloat16", "float32"):
+        error(f"--dtype must be auto, bfloat16 or float32, not {short(config.dtype)}")
+    if config.group_size < -1:
+        error("--group_size is examples per micro-batch: 0 for the whole batch, -1 to choose by device")
+    if config.cuda_graphs not in ("auto", "on", "off"):
+        error(f"--cuda_graphs must be auto, on or off, not {short(config.cuda_graphs)}")
+    if config.cuda_graphs == "on" and config.gradient_checkpointing:
+        error("--cuda_graphs on and --gradient_checkpointing do not go together; choose one")
+    if min(config.epochs, config.batch_size, config.checkpoint_every, config.log_every) < 1 or config.eval_every < 0:
+        error("--epochs, --batch_size, --checkpoint_every and --log_every are at least 1, --eval_every at least 0")
 
 
 def fail(message: str):
     """Bad input: one line on stderr naming the problem and the fix, and exit status 2, as argparse's own errors."""
-    print(f"{Path(sys.argv[0]).name or 'train.py'}: error: {message}", file=sys.stderr)
+    print(f"{Path(sys.argv[0]).name or 'train.py'}: error: {' '.join(message.splitlines())}", file=sys.stderr)
     raise SystemExit(2)
 
 
 # ----------------------------------------------------------------------------- data
 
-def load_records(paths) -> list[dict]:
-    records = []
-    for path in paths:
-        if not Path(path).is_file():
-            fail(f"{path} does not exist; make the data with trainers/build_data.py")
-        text = Path(path).read_text(encoding="utf-8")
-        try:
-            rows = ([json.loads(line) for line in text.splitlines() if line.strip()] if str(path).endswith(".jsonl")
-                    else json.loads(text))
-        except json.JSONDecodeError as error:
-            fail(f"{path} is not valid JSON ({error}); make the data with trainers/build_data.py")
-        for row in rows if isinstance(rows, list) else [rows]:
-            if not isinstance(row, dict) or not {"prompt", "response", "behaviors"} <= row.keys():
-                fail(f"{path}: every record needs prompt, response and behaviors "
-                     "(make the file with trainers/build_data.py)")
-            records.append(row)
-    return records
+def load_records(paths, stage=None) -> list[dict]:
+    """Records of JSON/JSONL files, each field checked (`steer_eval.training_run`); a bad file exits 2 in one line."""
+    try:
+        return training_run.load_records(paths, stage)
+    except UserError as error:
+        fail(str(error))
 
 
 @dataclass(frozen=True)
@@ -146,14 +156,9 @@ class Example:
 
 def make_examples(records, tokenizer, stage, max_response_tokens) -> list[Example]:
     examples = []
-    for row in records:
+    for number, row in enumerate(records, 1):
+        training_run.check_record(row, f"record {number}", stage)  # one behaviour each, or seen pairs for `and`
         behaviors = tuple(row["behaviors"])
-        if (stage == "and") != (len(behaviors) > 1):
-            fail(f"stage {stage} got a record with behaviours {list(behaviors)}; "
-                 "stage behaviour takes single-behaviour files, stage and takes pair files")
-        if stage == "and" and any(get_behavior(b).unseen for b in behaviors):
-            fail(f"<and> is trained on seen behaviours only, but a record holds {list(behaviors)}; "
-                 "held-out (unseen) behaviours measure zero-shot composition")
         student = assemble(row["prompt"], behaviors, tokenizer, control_method="steering", mode="composition")
         # The end-of-turn token is part of the target: length behaviours are largely about when to stop.
         response = tokenizer.encode(row["response"], add_special_tokens=False)[:max_response_tokens - 1]
@@ -206,40 +211,27 @@ def initial_vectors(stage, examples, tokenizer, embedding_weight, store, identit
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def save_checkpoint(path, config, step, params, optimizer, scheduler, log_position):
-    state = {"config": dataclasses.asdict(config), "step": step,
-             "vectors": {name: p.detach().cpu() for name, p in params.items()},
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "log_position": log_position,
-             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    tmp = Path(str(path) + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # an interrupt never leaves a half-written checkpoint
-
+# Checkpoints (`<out_dir>/ckpt.pt`: run id, config, step, vectors, optimiser, schedule, RNG states, log position)
+# are written and read by steer_eval.training_run: save_checkpoint, RunFolder.read_checkpoint, restore_checkpoint.
 
 def resumed_config(argv=None) -> tuple[TrainConfig, Optional[dict]]:
+    """The command line's config; with --resume, the out_dir's run's own (from run.json) and its checkpoint, or None
+    when the run was killed before its first one. A bad run.json or checkpoint raises a UserError."""
     config = parse_config(argv)
-    checkpoint_path = Path(config.out_dir) / "ckpt.pt"
     if not config.resume:
         return config, None
-    if not checkpoint_path.is_file():
-        fail(f"--resume but {checkpoint_path} does not exist; start without --resume")
-    try:
-        # weights_only: tensors and plain containers only; a crafted pickle cannot run code on --resume.
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        fail(f"{checkpoint_path} is not a checkpoint this trainer wrote ({str(error).splitlines()[0]}); "
-             "move it away and start without --resume")
-    unknown = sorted(set(checkpoint["config"]) - {f.name for f in dataclasses.fields(TrainConfig)})
-    if unknown:
-        fail(f"{checkpoint_path} was written by another version of this trainer (settings "
-             f"{', '.join(unknown)}); start without --resume")
-    # Exact continuation: everything comes from the checkpoint except where to stop and what to run on (the device,
-    # and CUDA graphs, which a CPU cannot run).
-    saved = TrainConfig(**checkpoint["config"])
-    saved.resume, saved.stop_after, saved.device = True, config.stop_after, config.device
-    saved.cuda_graphs = config.cuda_graphs
-    return saved, checkpoint
+    folder = RunFolder(config.out_dir, TRAINER)
+    manifest = folder.manifest_for_resume()
+    # Exact continuation: everything comes from the run except where to stop and what to run on (the device, and
+    # CUDA graphs, which a CPU cannot run).
+    saved = restore_config(TrainConfig, manifest["config"], folder.manifest)
+    for name in VOLATILE:
+        setattr(saved, name, getattr(config, name))
+    def refuse(message):
+        raise TrainingInputError(f"{folder.manifest}: {message}; restore it, or --restart")
+    check_config(saved, refuse)
+    # weights_only: tensors and plain containers only; a crafted pickle cannot run code on --resume.
+    return saved, folder.read_checkpoint(manifest)
 
 
 # ----------------------------------------------------------------------------- training
@@ -247,7 +239,7 @@ def resumed_config(argv=None) -> tuple[TrainConfig, Optional[dict]]:
 def main(argv=None):
     try:
         return train(*resumed_config(argv))
-    except (BehaviorError, TokenError) as error:
+    except UserError as error:  # bad data, behaviour, token, model, out_dir, manifest or checkpoint
         fail(str(error))
 
 
@@ -273,6 +265,34 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
     torch.manual_seed(config.seed)
     random.seed(config.seed)
 
+    # Every input is checked before the model loads: data, behaviours, frozen tokens, model files, the out_dir's run.
+    records, data_files = read_training_data(config.data, config.stage)
+    for name in config.behaviors:
+        get_behavior(name)
+    if config.stage == "behaviour" and config.behaviors:
+        records = [r for r in records if r["behaviors"][0] in config.behaviors]
+    if not records:
+        raise TrainingInputError(f"--data holds no records of --behaviors {' '.join(config.behaviors)}")
+    shuffled = random.Random(config.seed).sample(records, len(records))
+    records = shuffled[:max(1, round(len(shuffled) * config.subset))]
+    val_records, val_files = (read_training_data(config.val_data_path, config.stage) if config.run_validation
+                              else ([], []))
+    if config.stage == "behaviour":
+        val_records = [r for r in val_records if r["behaviors"][0] in {r["behaviors"][0] for r in records}]
+    store = TokenStore(config.tokens_dir or default_tokens_dir(model_label(config.model)))
+    # Stage and: the frozen tokens are read now, and checked against the model once it is loaded.
+    tokens = token_fingerprints(store, {b for r in records for b in r["behaviors"]}) if config.stage == "and" else {}
+    steps_per_epoch = math.ceil(len(records) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    folder = RunFolder(config.out_dir, TRAINER)
+    inputs = TrainingIdentity.of(TRAINER, dataclasses.asdict(config), data_files, weights_fingerprint(config.model),
+                                 val_files, tokens)
+    if master:  # an out_dir holding another run is refused here; run.json is written before the first step
+        folder.check(inputs, config.resume, config.restart, checkpoint)
+    if checkpoint is not None:
+        trained = sorted({r["behaviors"][0] for r in records}) if config.stage == "behaviour" else [AND_TOKEN]
+        check_checkpoint_state(checkpoint, folder.checkpoint, trained, total_steps)
+
     # In bfloat16 every op of the frozen base runs in bfloat16; the trained vectors stay float32 parameters.
     model, tokenizer = load_model(config.model, device=device, dtype=dtype)
     if config.gradient_checkpointing:
@@ -281,17 +301,7 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
     graphs = DecoderGraphs(model) if use_graphs else None
     embedding_weight = model.get_input_embeddings().weight
     identity = ModelIdentity.of(model_label(config.model), embedding_weight)
-    store = TokenStore(config.tokens_dir or default_tokens_dir(model_label(config.model)))
-
-    records = load_records(config.data)
-    if config.stage == "behaviour" and config.behaviors:
-        records = [r for r in records if r["behaviors"][0] in config.behaviors]
-    shuffled = random.Random(config.seed).sample(records, len(records))
-    records = shuffled[:max(1, round(len(shuffled) * config.subset))]
     examples = make_examples(records, tokenizer, config.stage, config.max_response_tokens)
-    val_records = load_records(config.val_data_path) if config.run_validation else []
-    if config.stage == "behaviour":
-        val_records = [r for r in val_records if r["behaviors"][0] in {r["behaviors"][0] for r in records}]
     val_examples = make_examples(val_records, tokenizer, config.stage, config.max_response_tokens)
 
     params, frozen = initial_vectors(config.stage, examples, tokenizer, embedding_weight, store, identity)
@@ -304,8 +314,6 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
     for p in params.values():
         p.grad = torch.zeros_like(p)
     optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(examples) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
     warmup = max(1, math.ceil(config.warmup_frac * total_steps))
     def lr_factor(s):  # linear warm-up, then linear decay to 0 at the last step
         return (s + 1) / warmup if s < warmup else max(0.0, (total_steps - s) / max(1, total_steps - warmup))
@@ -332,37 +340,25 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
                 losses.append(batch_loss(batch, -1, range(i, i + len(batch)), backward=False)[0].item())
         return sum(losses) / len(losses)
 
-    def log(entry):
-        with open(log_path, "a", encoding="utf-8") as handle:
+    def log(entry):  # whole lines, appended
+        with open(folder.log, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
 
-    out_dir = Path(config.out_dir)
-    log_path = out_dir / "log.jsonl"
-    step = 0
-    if checkpoint is not None:
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(checkpoint["vectors"][name])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        random.setstate(checkpoint["python_rng"])
-        if checkpoint["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
-        step = checkpoint["step"]
-        if master:  # drop log lines written after the checkpoint: they will be written again
-            with open(log_path, "r+", encoding="utf-8") as handle:
-                handle.truncate(checkpoint["log_position"])
-    elif master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("")
-        if val_examples:
+    step, run = 0, None
+    if checkpoint is not None:  # vectors, optimiser, schedule and RNG states as they were at its step
+        step = restore_checkpoint(checkpoint, folder.checkpoint, params, optimizer, scheduler)
+    if master:  # run.json (--restart: the old run moved aside first); the log as the checkpoint saw it, never padded
+        run = folder.open(inputs, config.resume, config.restart, checkpoint, " ".join(sys.argv))
+        if folder.replaced:
+            print(f"--restart: moved the previous run's files into {folder.replaced}", flush=True)
+        folder.open_log(checkpoint["log_position"] if checkpoint is not None else 0)
+        if val_examples and step == 0:
             log({"step": 0, "val_loss": validate()})
-    if master:
         print(f"stage {config.stage}: {len(examples)} examples, tokens {names}, {total_steps} steps "
               f"({config.epochs} epochs x {steps_per_epoch}), world {world}, device {device}, {dtype}, groups of "
               f"{group_size or config.batch_size}" + (", CUDA graphs" if graphs else "")
-              + (f", resuming at step {step}" if step else ""), flush=True)
+              + (f", resuming at step {step}" if step else ", from step 0 (no checkpoint yet)" if config.resume
+                 else ""), flush=True)
 
     last_step = total_steps if not config.stop_after else min(total_steps, config.stop_after)
     started, window_tokens, window_time, window_steps, last_loss = time.time(), 0, 0.0, 0, None
@@ -401,7 +397,8 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
         if master and val_examples and config.eval_every and step % config.eval_every == 0:
             log({"step": step, "val_loss": validate()})
         if master and (step % config.checkpoint_every == 0 or step == last_step):
-            save_checkpoint(out_dir / "ckpt.pt", config, step, params, optimizer, scheduler, log_path.stat().st_size)
+            save_checkpoint(folder.checkpoint, run, dataclasses.asdict(config), step, params, optimizer, scheduler,
+                            folder.log.stat().st_size)
     progress.close()
 
     summary = {"steps": step, "examples": len(examples), "world_size": world, "device": device, "dtype": dtype,
@@ -423,7 +420,8 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
         for name, p in params.items():
             behaviors = (name,) if name != AND_TOKEN else tuple(frozen)
             store.save(SteeringToken(name, p.detach().float().cpu(), behaviors, identity, training))
-        (out_dir / "summary.json").write_text(json.dumps(training, indent=2))
+        folder.summary.write_text(json.dumps(training, indent=2))
+        folder.finish(tokens_dir=str(store.directory), tokens=names, steps=step)
         print(f"saved {', '.join(names)} to {store.directory}: {json.dumps(summary)}", flush=True)
     if distributed:
         dist.barrier()

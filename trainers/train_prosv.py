@@ -9,6 +9,10 @@ comparison with the tokens isolates where the control lives: input embeddings at
 residual stream at the end of the prompt.
 
     python trainers/train_prosv.py --data data/*/german_train.json --layer 10 --out_dir runs/prosv
+
+The out_dir is a run as train.py's (`steer_eval.training_run`): `run.json` names its settings, data and model before
+the first step; a finished run or another run in the out_dir is refused, `--restart` moves it into
+`replaced-<date>/` first. There are no checkpoints: an interrupted run starts again from the beginning.
 """
 import argparse
 import importlib.util
@@ -24,10 +28,14 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/train_prosv.py` from a checkout
 from steer_eval.activation import Intervention, added_to_layers, check_layer, decoder_layers, vector_name  # noqa: E402
 from steer_eval.assembly import assemble  # noqa: E402
-from steer_eval.behaviors import BehaviorError  # noqa: E402
+from steer_eval.behaviors import get_behavior  # noqa: E402
 from steer_eval.distillation import distillation_step, training_dtype, training_group_size  # noqa: E402
-from steer_eval.models import load_model, model_label  # noqa: E402
-from steer_eval.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore, default_tokens_dir  # noqa: E402
+from steer_eval.errors import UserError  # noqa: E402
+from steer_eval.models import load_model, model_label, weights_fingerprint  # noqa: E402
+from steer_eval.tokens import ModelIdentity, SteeringToken, TokenStore, default_tokens_dir  # noqa: E402
+from steer_eval.training_run import RunFolder, TrainingIdentity, read_training_data  # noqa: E402
+
+TRAINER = "train_prosv.py"
 
 
 def _distillation():
@@ -64,6 +72,7 @@ def parse_args(argv=None):
     parser.add_argument("--group_size", type=int, default=-1,
                         help="examples per length-sorted micro-batch (0: all; -1: by device, as train.py)")
     parser.add_argument("--log_every", type=int, default=10)
+    parser.add_argument("--restart", action="store_true", help="move the out_dir's previous run aside, start over")
     args = parser.parse_args(argv)
     if args.positions < 1:
         parser.error("--positions must be at least 1 (a prompt-only vector steers some prompt positions)")
@@ -76,7 +85,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         return train(args)
-    except (BehaviorError, TokenError) as error:
+    except UserError as error:  # bad data, behaviour, token, model or out_dir
         distill.fail(str(error))
 
 
@@ -90,6 +99,18 @@ def train(args) -> dict:
     dtype = training_dtype("auto", device)
     group_size = training_group_size(args.group_size, device)
     torch.manual_seed(args.seed)
+    # Every input is checked before the model loads: data, behaviours, model files, the out_dir's run.
+    records, data_files = read_training_data(args.data, "behaviour")
+    for name in args.behaviors:
+        get_behavior(name)
+    if args.behaviors:
+        records = [r for r in records if r["behaviors"][0] in args.behaviors]
+    if not records:
+        distill.fail("no training records for the behaviours asked for; check --data and --behaviors")
+    folder = RunFolder(args.out_dir, TRAINER)
+    inputs = TrainingIdentity.of(TRAINER, vars(args), data_files, weights_fingerprint(args.model))
+    folder.check(inputs, resume=False, restart=args.restart)  # run.json is written once the model has loaded
+
     model, tokenizer = load_model(args.model, device=device, dtype=dtype)
     layer = len(decoder_layers(model)) // 2 if args.layer is None else args.layer
     check_layer(model, layer)
@@ -97,12 +118,7 @@ def train(args) -> dict:
     identity = ModelIdentity.of(model_label(args.model), embedding_weight)
     store = TokenStore(args.tokens_dir or default_tokens_dir(model_label(args.model)))
 
-    records = distill.load_records(args.data)
-    if args.behaviors:
-        records = [r for r in records if r["behaviors"][0] in args.behaviors]
     examples = distill.make_examples(records, tokenizer, "behaviour", args.max_response_tokens)
-    if not examples:
-        distill.fail("no training records for the behaviours asked for; check --data and --behaviors")
     students = [assemble(e.prompt, e.behaviors, tokenizer, control_method="prosv") for e in examples]
     names = sorted({e.behaviors[0] for e in examples})
     generator = torch.Generator().manual_seed(args.seed)
@@ -116,9 +132,11 @@ def train(args) -> dict:
     warmup = max(1, math.ceil(args.warmup_frac * total))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup
                                                   else max(0.0, (total - s) / max(1, total - warmup)))
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log = (out_dir / "log.jsonl").open("w", encoding="utf-8")
+    folder.open(inputs, resume=False, restart=args.restart, command=" ".join(sys.argv))
+    if folder.replaced:
+        print(f"--restart: moved the previous run's files into {folder.replaced}", flush=True)
+    folder.open_log(0)  # lines of an interrupted start of this run are written again
+    log = folder.log.open("a", encoding="utf-8")
     print(f"prosv: {len(examples)} examples, vectors {names}, layer {layer}, last {args.positions} prompt "
           f"positions, {total} steps, device {device}, {dtype}", flush=True)
 
@@ -156,7 +174,8 @@ def train(args) -> dict:
         direction = (directions[b] / directions[b].norm()).detach().float().cpu()
         store.save(SteeringToken(vector_name("prosv", b), direction, (b,), identity, config,
                                  Intervention("prosv", layer, args.positions, float(factors[b].item()))))
-    (out_dir / "summary.json").write_text(json.dumps(config, indent=2))
+    folder.summary.write_text(json.dumps(config, indent=2))
+    folder.finish(tokens_dir=str(store.directory), tokens=[vector_name("prosv", b) for b in names], steps=total)
     print(f"saved prosv/{{{','.join(names)}}} to {store.directory}: {json.dumps(summary)}", flush=True)
     return {"directions": directions, "factors": factors, "layer": layer, "store": store, "summary": summary}
 
