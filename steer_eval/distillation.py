@@ -22,6 +22,8 @@ from typing import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from steer_eval.embedding_space import InputEmbeddings
+
 # Rows of logits per chunk: about 256 MB of float32 logits per chunk at a 49k vocabulary.
 CHUNK_ELEMENTS = 2 ** 26
 
@@ -62,23 +64,24 @@ def pack_batch(prompts: Sequence, responses: Sequence[Sequence[int]], device) ->
                        tuple(lengths))
 
 
-def embed_batch(packed: PackedBatch, embedding_weight: torch.Tensor,
+def embed_batch(packed: PackedBatch, embeddings: InputEmbeddings,
                 vectors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """(rows, longest, hidden) input embeddings, zero at padding, each slot replaced by its (trainable) vector."""
-    embeds = embedding_weight[packed.ids] * packed.mask[..., None].to(embedding_weight.dtype)
+    """(rows, longest, hidden) inputs_embeds as the embedding module makes them, zero at padding, each slot
+    replaced by its (trainable) vector."""
+    embeds = embeddings.rows(packed.ids) * packed.mask[..., None].to(embeddings.dtype)
     if not packed.slot_names:
         return embeds
     missing = sorted({name for name in packed.slot_names if name not in vectors})
     if missing:
         raise KeyError(f"no steering vector for {', '.join(missing)}")
-    replacement = torch.stack([vectors[name].to(embedding_weight.dtype) for name in packed.slot_names])
+    replacement = torch.stack([vectors[name].to(embeddings.dtype) for name in packed.slot_names])
     return embeds.index_put((packed.slot_rows, packed.slot_cols), replacement)
 
 
-def response_hidden(model, packed: PackedBatch, embedding_weight, vectors, graphs=None) -> torch.Tensor:
+def response_hidden(model, packed: PackedBatch, embeddings: InputEmbeddings, vectors, graphs=None) -> torch.Tensor:
     """The decoder's last hidden states at response positions only, (response tokens, hidden); through `graphs`
     (a DecoderGraphs) if given."""
-    embeds = embed_batch(packed, embedding_weight, vectors)
+    embeds = embed_batch(packed, embeddings, vectors)
     if graphs is not None:
         hidden = graphs(embeds, packed.lengths)
     else:
@@ -166,9 +169,9 @@ def distillation_step(model, teachers: Sequence, students: Sequence, responses: 
     """The batch's loss (detached). With `backward`, the gradient of that loss accumulates into the vectors
     (and whatever `student_context(rows)` puts into the student pass, e.g. PrOSV's hooks). `graphs` (a
     DecoderGraphs) runs the decoder's passes as CUDA graphs; it cannot see hooks a `student_context` adds."""
-    embedding_weight = model.get_input_embeddings().weight
+    embeddings = InputEmbeddings.of(model)
     head = model.get_output_embeddings()
-    device = embedding_weight.device
+    device = embeddings.device
     total_rows = sum(len(r) for r in responses)
     lengths = [len(t.input_ids) + len(s.input_ids) + 2 * len(r) for t, s, r in zip(teachers, students, responses)]
     loss = torch.zeros((), dtype=torch.float32, device=device)
@@ -176,10 +179,10 @@ def distillation_step(model, teachers: Sequence, students: Sequence, responses: 
         group_responses = [responses[i] for i in rows]
         with torch.no_grad():
             teacher = response_hidden(model, pack_batch([teachers[i] for i in rows], group_responses, device),
-                                      embedding_weight, {}, graphs)
+                                      embeddings, {}, graphs)
         with torch.set_grad_enabled(backward), (student_context(rows) if student_context else contextlib.nullcontext()):
             student = response_hidden(model, pack_batch([students[i] for i in rows], group_responses, device),
-                                      embedding_weight, vectors, graphs)
+                                      embeddings, vectors, graphs)
             per_row = response_kl(student, teacher, head.weight, temperature, head.bias)
             # One group: the same reductions as the plain `kl.mean() * T**2`, so the value is identical.
             share = (per_row.mean() if len(rows) == len(lengths) else per_row.sum() / total_rows) * temperature ** 2

@@ -89,6 +89,7 @@ class Record:
     run: str = ""  # the run id (run_identity.RunIdentity.run_id) of the settings that produced it
     quality: dict = field(default_factory=dict)  # quality.measure of the response (repetition, tokens, ...)
     extra: dict = field(default_factory=dict)  # fields of other writers, kept so a round trip loses nothing
+    reasoning: str | None = None  # a reasoning model's <think> block, kept but never judged (`response` is the answer)
 
     def __post_init__(self):
         object.__setattr__(self, "steering", tuple(self.steering))
@@ -123,7 +124,8 @@ class Record:
         return {**self.extra, **self.request.to_json(), "steering": list(self.steering),
                 "instruction": self.instruction, "response": self.response, "followed": self.followed,
                 "per_behavior": dict(self.per_behavior), "scorer": self.scorer, "generation": self.generation,
-                "backend": self.backend, "model": self.model, "run": self.run, "quality": self.quality}
+                "backend": self.backend, "model": self.model, "run": self.run, "quality": self.quality,
+                **({"reasoning": self.reasoning} if self.reasoning is not None else {})}
 
     @classmethod
     def from_json(cls, row: Mapping) -> "Record":
@@ -133,6 +135,8 @@ class Record:
         scorer = row.get("scorer")
         if not isinstance(row.get("response"), str):
             raise RecordShapeError("no response (a string)")
+        if row.get("reasoning") is not None and not isinstance(row["reasoning"], str):
+            raise RecordShapeError("reasoning must be a string")
         for name, kind in (("scorer", dict), ("generation", dict), ("quality", dict), ("steering", list)):
             if row.get(name) is not None and not isinstance(row[name], kind):
                 raise RecordShapeError(f"{name} must be a JSON {'object' if kind is dict else 'list'}")
@@ -142,7 +146,7 @@ class Record:
                    scorer or scorer_spec(request.behaviors), dict(row.get("generation") or {}),
                    tuple(row.get("steering") or ()), row.get("instruction"), row.get("backend", ""),
                    row.get("model", ""), row.get("run", ""), dict(row.get("quality") or {}),
-                   {k: v for k, v in row.items() if k not in _RECORD_FIELDS})
+                   {k: v for k, v in row.items() if k not in _RECORD_FIELDS}, row.get("reasoning"))
 
 
 def judged_by_verifiers(record: Record) -> bool:
@@ -165,7 +169,7 @@ def rejudge(record: Record) -> Record:
 
 _RECORD_FIELDS = frozenset({"id", "prompt_id", "prompt", "behaviors", "control_method", "mode", "sample",
                             "paraphrase_seed", "steering", "instruction", "response", "followed", "per_behavior",
-                            "scorer", "generation", "backend", "model", "run", "quality"})
+                            "scorer", "generation", "backend", "model", "run", "quality", "reasoning"})
 
 
 # --- JSONL files ------------------------------------------------------------------------------------------------

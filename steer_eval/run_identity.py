@@ -43,18 +43,21 @@ class RunIdentity:
     tokens: dict = field(default_factory=dict)  # steering-token name -> vector fingerprint
     model_fingerprint: str | None = None  # backend.fingerprint (files/embeddings/engine dtype), once the model loads
     weights: str | None = None  # models.weights_fingerprint: every file of the model (None: simulated, no model)
+    chat_template: dict = field(default_factory=dict)  # keyword arguments of the chat template (enable_thinking)
 
     @property
     def run_id(self) -> str:
         """Names the settings every record shares (tokens may grow with the run, so they are not part of it)."""
-        core = json.dumps([self.model, self.backend, self.dtype, self.generation, self.scorer, self.weights],
-                          sort_keys=True)
+        core = json.dumps([self.model, self.backend, self.dtype, self.generation, self.scorer, self.weights,
+                           self.chat_template], sort_keys=True)
         return hashlib.sha256(core.encode()).hexdigest()[:12]
 
     def conflicts(self, stored: "RunIdentity") -> list[str]:
         """Human-readable differences to a stored identity; tokens only where both name the same token."""
         differences = [f"{name}: {getattr(stored, name)!r} in the folder, {getattr(self, name)!r} now"
                        for name in ("model", "backend", "dtype") if getattr(stored, name) != getattr(self, name)]
+        if stored.chat_template != self.chat_template:
+            differences.append(f"chat template options: {stored.chat_template} in the folder, {self.chat_template} now")
         if stored.weights != self.weights:
             differences.append(f"model files: fingerprint {stored.weights} in the folder, {self.weights} now (another "
                                "model, or its weights, config or tokenizer changed)")

@@ -114,7 +114,8 @@ def run_identity(spec: BackendSpec, config: GenerationConfig, tokens: set[str]) 
     tokens = token_fingerprints(spec, tokens)  # missing tokens are named before the model's files are read
     return RunIdentity(model_label(spec.model), spec.backend, spec.dtype, config.as_dict(),
                        {"scorer": SCORER_NAME, "version": SCORER_VERSION}, tokens,
-                       weights=weights_fingerprint(spec.model))
+                       weights=weights_fingerprint(spec.model),
+                       chat_template=dict(spec.options.get("chat_template_kwargs") or {}))
 
 
 def _stored_hashes(path: Path, run_id: str, prompts: dict[str, str]) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Sequence
 from steer_eval.assembly import AssembledPrompt
 from steer_eval.backends.spec import BackendSpec
 from steer_eval.errors import RunMismatchError, UserError, WorkerFailedError
-from steer_eval.generation import GenerationConfig
+from steer_eval.generation import GenerationConfig, split_reasoning
 from steer_eval.quality import measure
 from steer_eval.records import Record, Request, encode_records
 from steer_eval.scoring import scorer_spec, verify
@@ -47,11 +47,17 @@ def evaluate(backend, requests: Sequence[Request], config: GenerationConfig, run
     def count_tokens(text: str) -> int:
         return len(backend.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    return [Record(request, response, verify(request.behaviors, response).per_behavior,
-                   scorer_spec(request.behaviors), sample_config(config, request.sample).as_dict(),
-                   prompt.token_names, prompt.instruction, backend.name, backend.model_spec, run_id,
-                   measure(response, count_tokens, config.max_new_tokens))
-            for request, prompt, response in zip(requests, assembled, responses)]
+    records = []
+    for request, prompt, response in zip(requests, assembled, responses):
+        reasoning, answer = split_reasoning(response)
+        quality = measure(answer, count_tokens, config.max_new_tokens)
+        if reasoning is not None and "tokens" in quality:  # the limit counts the reasoning's tokens too
+            quality["hit_limit"] = count_tokens(response) >= config.max_new_tokens
+        records.append(Record(request, answer, verify(request.behaviors, answer).per_behavior,
+                              scorer_spec(request.behaviors), sample_config(config, request.sample).as_dict(),
+                              prompt.token_names, prompt.instruction, backend.name, backend.model_spec, run_id,
+                              quality, reasoning=reasoning))
+    return records
 
 
 def sample_config(config: GenerationConfig, sample: int) -> GenerationConfig:

@@ -3,6 +3,7 @@ import torch
 
 from steer_eval.assembly import assemble, choose_paraphrase, embed, join_instructions, steering_sequence
 from steer_eval.behaviors import BehaviorError, get_behavior
+from steer_eval.embedding_space import InputEmbeddings
 
 PROMPT = "Why do cats purr?"
 
@@ -79,13 +80,13 @@ def test_embed_replaces_only_slot_rows_and_is_differentiable(tokenizer):
     a = assemble(PROMPT, ["german"], tokenizer)
     weight = torch.randn(len(tokenizer), 8)
     vector = torch.randn(8, requires_grad=True)
-    rows = embed(a, weight, {"german": vector})
+    rows = embed(a, InputEmbeddings(weight, 3.0), {"german": vector})
     position = a.slots[0][0]
-    expected = weight[torch.tensor(a.input_ids)]
+    expected = weight[torch.tensor(a.input_ids)] * 3.0  # the module's scale applies to prompt rows, not to vectors
     keep = [i for i in range(len(a.input_ids)) if i != position]
     assert torch.equal(rows[keep], expected[keep])
     assert torch.equal(rows[position], vector.detach())
     rows.sum().backward()
     assert torch.equal(vector.grad, torch.ones(8))
     with pytest.raises(KeyError, match="german"):
-        embed(a, weight, {})
+        embed(a, InputEmbeddings(weight), {})

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from steer_eval import distillation
+from steer_eval.embedding_space import InputEmbeddings
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("train", REPO / "trainers" / "train.py")
@@ -19,13 +20,13 @@ _spec.loader.exec_module(trainer)
 def plain_step(model, teachers, students, responses, vectors, temperature):
     """The trainer's step before the speed work: per-example embedding, one padded batch, logits at response
     positions in full, then KL mean * T^2."""
-    weight = model.get_input_embeddings().weight
+    embeddings = InputEmbeddings.of(model)
 
     def logits(prompts, vecs):
         from steer_eval.assembly import embed
         rows, positions = [], []
         for prompt, response in zip(prompts, responses):
-            rows.append(torch.cat([embed(prompt, weight, vecs), weight[torch.tensor(response)]]))
+            rows.append(torch.cat([embed(prompt, embeddings, vecs), embeddings.rows(torch.tensor(response))]))
             start = len(prompt.input_ids) - 1
             positions.append(torch.arange(start, start + len(response)))
         embeds = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
@@ -113,7 +114,7 @@ def test_pack_marks_slots_and_the_positions_that_predict_the_response(tiny_hf, b
         assert packed.ids[row, cols + 1].tolist() == list(response)
         assert packed.mask[row].sum() == len(student.input_ids) + len(response)
         assert packed.slot_cols[row] == student.slots[0][0]
-    embeds = distillation.embed_batch(packed, tiny_hf.embedding_weight, {"german": torch.ones(64)})
+    embeds = distillation.embed_batch(packed, tiny_hf.embeddings, {"german": torch.ones(64)})
     assert torch.equal(embeds[0, packed.slot_cols[0]], torch.ones(64))
     assert torch.equal(embeds[packed.mask == 0], torch.zeros_like(embeds[packed.mask == 0]))
 
@@ -121,7 +122,7 @@ def test_pack_marks_slots_and_the_positions_that_predict_the_response(tiny_hf, b
 def test_a_missing_vector_is_named(tiny_hf, batch):
     _, students, responses = batch
     with pytest.raises(KeyError, match="german"):
-        distillation.embed_batch(distillation.pack_batch(students, responses, "cpu"), tiny_hf.embedding_weight, {})
+        distillation.embed_batch(distillation.pack_batch(students, responses, "cpu"), tiny_hf.embeddings, {})
 
 
 def test_length_groups_put_the_longest_rows_together():

@@ -82,7 +82,7 @@ def _direct_logprob(backend, assembled, text):
     """Independent reference: one forward over [prompt rows (slots replaced), text rows], summed log-probs."""
     vectors = {name: TokenStore(backend.store.directory).load(name).vector for name in assembled.token_names}
     target = torch.tensor(backend.tokenizer.encode(text, add_special_tokens=False))
-    rows = torch.cat([embed(assembled, backend.embedding_weight, vectors), backend.embedding_weight[target]])
+    rows = torch.cat([embed(assembled, backend.embeddings, vectors), backend.embeddings.rows(target)])
     with torch.no_grad():
         logits = backend.model(inputs_embeds=rows.unsqueeze(0)).logits[0].float()
     logprobs = torch.log_softmax(logits[len(assembled.input_ids) - 1:-1], dim=-1)

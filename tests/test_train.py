@@ -92,7 +92,7 @@ def test_semantic_init_is_the_mean_instruction_embedding(tiny_hf):
     from steer_eval.behaviors import get_behavior
     ids = tiny_hf.tokenizer.encode(get_behavior("german").instructions[0], add_special_tokens=False)
     expected = torch.stack([tiny_hf.embedding_weight[i] for i in ids]).mean(0)
-    assert torch.allclose(trainer.semantic_init("german", tiny_hf.tokenizer, tiny_hf.embedding_weight), expected)
+    assert torch.allclose(trainer.semantic_init("german", tiny_hf.tokenizer, tiny_hf.embeddings), expected)
 
 
 def test_and_stage_changes_only_and(behaviour_run, tiny_model_dir, data, tmp_path):
@@ -116,7 +116,7 @@ def test_and_starts_at_zero(tiny_hf, data, behaviour_run):
     config, _ = behaviour_run
     records = trainer.load_records([data["pairs"]])
     examples = trainer.make_examples(records, tiny_hf.tokenizer, "and", 32)
-    params, frozen = trainer.initial_vectors("and", examples, tiny_hf.tokenizer, tiny_hf.embedding_weight,
+    params, frozen = trainer.initial_vectors("and", examples, tiny_hf.tokenizer, tiny_hf.embeddings,
                                              TokenStore(config.tokens_dir), None)
     assert list(params) == ["<and>"] and torch.count_nonzero(params["<and>"]) == 0
     assert set(frozen) == {"spanish", "words_10_50"}

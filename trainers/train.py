@@ -43,7 +43,9 @@ from steer_eval.behaviors import AND_TOKEN, get_behavior  # noqa: E402
 from steer_eval.decoder_graphs import DecoderGraphs  # noqa: E402
 from steer_eval.distillation import (distillation_step, training_dtype, training_graphs,  # noqa: E402
                                      training_group_size)
-from steer_eval.errors import UserError  # noqa: E402
+from steer_eval.embedding_space import InputEmbeddings  # noqa: E402
+from steer_eval.errors import SettingError, UserError  # noqa: E402
+from steer_eval.generation import chat_template_options  # noqa: E402
 from steer_eval.models import load_model, model_label, weights_fingerprint  # noqa: E402
 from steer_eval.tokens import ModelIdentity, SteeringToken, TokenStore, default_tokens_dir  # noqa: E402
 from steer_eval.training_run import (VOLATILE, RunFolder, TrainingIdentity, TrainingInputError,  # noqa: E402
@@ -72,6 +74,8 @@ class TrainConfig:
     temperature: float = 10.0
     lambda_orth: float = 0.5
     max_response_tokens: int = 256
+    chat_template_kwargs: str = ""  # JSON object for the chat template of teacher and student, e.g. Qwen3's
+    # '{"enable_thinking": false}' (the same as the evaluation's --chat-template-kwargs)
     dtype: str = "auto"  # of the frozen model: auto (bfloat16 on CUDA, float32 elsewhere) | bfloat16 | float32
     group_size: int = -1  # examples per length-sorted micro-batch of a step; 0: the whole batch; -1: by device
     cuda_graphs: str = "auto"  # the decoder's passes replayed as CUDA graphs: auto (on a CUDA device) | on | off
@@ -120,6 +124,10 @@ def check_config(config: TrainConfig, error):
         error("--subset is a fraction in (0, 1]")
     if config.dtype not in ("auto", "bfloat16", "float32"):
         error(f"--dtype must be auto, bfloat16 or float32, not {short(config.dtype)}")
+    try:
+        chat_template_options(config.chat_template_kwargs)
+    except SettingError as problem:
+        error(f"--chat_template_kwargs: {problem}")
     if config.group_size < -1:
         error("--group_size is examples per micro-batch: 0 for the whole batch, -1 to choose by device")
     if config.cuda_graphs not in ("auto", "on", "off"):
@@ -154,22 +162,24 @@ class Example:
     response_ids: tuple
 
 
-def make_examples(records, tokenizer, stage, max_response_tokens) -> list[Example]:
+def make_examples(records, tokenizer, stage, max_response_tokens, chat_template_kwargs=None) -> list[Example]:
     examples = []
     for number, row in enumerate(records, 1):
         training_run.check_record(row, f"record {number}", stage)  # one behaviour each, or seen pairs for `and`
         behaviors = tuple(row["behaviors"])
-        student = assemble(row["prompt"], behaviors, tokenizer, control_method="steering", mode="composition")
+        student = assemble(row["prompt"], behaviors, tokenizer, control_method="steering", mode="composition",
+                           chat_template_kwargs=chat_template_kwargs)
         # The end-of-turn token is part of the target: length behaviours are largely about when to stop.
         response = tokenizer.encode(row["response"], add_special_tokens=False)[:max_response_tokens - 1]
         examples.append(Example(row["prompt"], behaviors, student, tuple(response) + (tokenizer.eos_token_id,)))
     return examples
 
 
-def teacher_prompt(example: Example, tokenizer, rng: random.Random):
+def teacher_prompt(example: Example, tokenizer, rng: random.Random, chat_template_kwargs=None):
     """The same prompt with a natural-language instruction: one paraphrase per behaviour, sampled."""
     instructions = [rng.choice(get_behavior(b).instructions) for b in example.behaviors]
-    return assemble(example.prompt, example.behaviors, tokenizer, control_method="text", instructions=instructions)
+    return assemble(example.prompt, example.behaviors, tokenizer, control_method="text", instructions=instructions,
+                    chat_template_kwargs=chat_template_kwargs)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -191,22 +201,23 @@ def orthogonality_penalty(and_vector, behaviour_vectors):
     return (F.cosine_similarity(and_vector.unsqueeze(0), others, dim=-1) ** 2).sum()
 
 
-def semantic_init(behavior_id, tokenizer, embedding_weight):
-    """Mean of the frozen embeddings of the behaviour's first (canonical) instruction's tokens."""
+def semantic_init(behavior_id, tokenizer, embeddings: InputEmbeddings):
+    """Mean of the input embeddings (as the model's embedding module makes them: the steering space) of the
+    behaviour's first (canonical) instruction's tokens."""
     ids = tokenizer.encode(get_behavior(behavior_id).instructions[0], add_special_tokens=False)
-    return embedding_weight[torch.tensor(ids, device=embedding_weight.device)].float().mean(0)
+    return embeddings.rows(torch.tensor(ids, device=embeddings.device)).float().mean(0)
 
 
-def initial_vectors(stage, examples, tokenizer, embedding_weight, store, identity):
+def initial_vectors(stage, examples, tokenizer, embeddings: InputEmbeddings, store, identity):
     """(trainable fp32 parameters, frozen vectors). Stage behaviour: one semantically initialised vector per
     behaviour in the data. Stage and: <and> at zero; the behaviour tokens it composes, loaded and frozen."""
     if stage == "behaviour":
         names = sorted({e.behaviors[0] for e in examples})
-        return {b: torch.nn.Parameter(semantic_init(b, tokenizer, embedding_weight)) for b in names}, {}
-    zero = torch.zeros(embedding_weight.shape[1], device=embedding_weight.device)
+        return {b: torch.nn.Parameter(semantic_init(b, tokenizer, embeddings)) for b in names}, {}
+    zero = torch.zeros(embeddings.hidden_size, device=embeddings.device)
     seen = sorted({b for e in examples for b in e.behaviors})
     return ({AND_TOKEN: torch.nn.Parameter(zero)},
-            {b: store.load(b, identity).vector.to(embedding_weight.device) for b in seen})
+            {b: store.load(b, identity).vector.to(embeddings.device) for b in seen})
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -299,12 +310,13 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()  # HF only checkpoints in train mode; the model has no dropout, so outputs are unchanged
     graphs = DecoderGraphs(model) if use_graphs else None
-    embedding_weight = model.get_input_embeddings().weight
-    identity = ModelIdentity.of(model_label(config.model), embedding_weight)
-    examples = make_examples(records, tokenizer, config.stage, config.max_response_tokens)
-    val_examples = make_examples(val_records, tokenizer, config.stage, config.max_response_tokens)
+    embeddings = InputEmbeddings.of(model)  # UnsupportedModelError for a family whose space cannot be reproduced
+    identity = ModelIdentity.of(model_label(config.model), embeddings.weight)
+    template = chat_template_options(config.chat_template_kwargs)
+    examples = make_examples(records, tokenizer, config.stage, config.max_response_tokens, template)
+    val_examples = make_examples(val_records, tokenizer, config.stage, config.max_response_tokens, template)
 
-    params, frozen = initial_vectors(config.stage, examples, tokenizer, embedding_weight, store, identity)
+    params, frozen = initial_vectors(config.stage, examples, tokenizer, embeddings, store, identity)
     names = list(params)
     vectors = {**frozen, **params}
 
@@ -322,7 +334,8 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
 
     def batch_loss(batch, epoch, indices, backward=True):
         """(kl, orth, student tokens); with `backward`, their gradients accumulate into the parameters."""
-        teachers = [teacher_prompt(e, tokenizer, example_rng(config.seed, epoch, i)) for e, i in zip(batch, indices)]
+        teachers = [teacher_prompt(e, tokenizer, example_rng(config.seed, epoch, i), template)
+                    for e, i in zip(batch, indices)]
         kl = distillation_step(model, teachers, [e.student for e in batch], [e.response_ids for e in batch],
                                vectors, config.temperature, group_size=group_size, backward=backward,
                                graphs=graphs)

@@ -9,6 +9,7 @@ import torch
 
 from steer_eval.activation import unsupported_backend
 from steer_eval.assembly import AssembledPrompt, assemble
+from steer_eval.embedding_space import InputEmbeddings
 from steer_eval.generation import GenerationConfig
 from steer_eval.models import model_label, weights_fingerprint
 from steer_eval.tokens import ModelIdentity, TokenError, TokenStore, default_tokens_dir, load_vectors
@@ -34,16 +35,19 @@ class SteeringBackend(ABC):
     name = "base"
     activation_steering = False  # can add caa/prosv vectors inside the model (the HF backend's hooks)
 
-    def __init__(self, model_spec: str, tokenizer, embedding_weight: torch.Tensor, tokens_dir: str | Path | None):
+    def __init__(self, model_spec: str, tokenizer, embeddings: InputEmbeddings, tokens_dir: str | Path | None,
+                 chat_template_kwargs: dict | None = None):
         self.model_spec = model_spec
         self.tokenizer = tokenizer
-        self.embedding_weight = embedding_weight
-        self.identity = ModelIdentity.of(model_label(model_spec), embedding_weight)
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})  # a run setting: part of the run identity
+        self.embeddings = embeddings  # prompt rows as the model's embedding module makes them
+        self.embedding_weight = embeddings.weight
+        self.identity = ModelIdentity.of(model_label(model_spec), embeddings.weight)
         self.store = TokenStore(tokens_dir or default_tokens_dir(model_label(model_spec)))
         self._vectors: dict[str, torch.Tensor] = {}
 
     def assemble(self, prompt: str, behaviors: Sequence[str], **options) -> AssembledPrompt:
-        return assemble(prompt, behaviors, self.tokenizer, **options)
+        return assemble(prompt, behaviors, self.tokenizer, chat_template_kwargs=self.chat_template_kwargs, **options)
 
     def vectors_for(self, prompts: Sequence[AssembledPrompt]) -> dict[str, torch.Tensor]:
         refusal = unsupported_backend({p.control_method for p in prompts if p.activations},

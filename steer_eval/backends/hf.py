@@ -13,6 +13,7 @@ from steer_eval.assembly import AssembledPrompt, embed
 from steer_eval.backends.base import SteeringBackend, check_vector, truncate_at_stop
 from steer_eval.tokens import TokenError
 from steer_eval.backends.spec import DEFAULT_HF_BATCH_SIZE
+from steer_eval.embedding_space import InputEmbeddings
 from steer_eval.generation import GenerationConfig
 from steer_eval.models import load_model
 
@@ -22,12 +23,13 @@ class HFBackend(SteeringBackend):
     activation_steering = True
 
     def __init__(self, model_spec: str, tokens_dir=None, device: str | None = None, dtype: str = "auto",
-                 batch_size: int = DEFAULT_HF_BATCH_SIZE, model=None, tokenizer=None):
+                 batch_size: int = DEFAULT_HF_BATCH_SIZE, model=None, tokenizer=None,
+                 chat_template_kwargs: dict | None = None):
         if model is None:
             model, tokenizer = load_model(model_spec, device=device, dtype=dtype)
         self.model = model
         self.batch_size = batch_size
-        super().__init__(model_spec, tokenizer, model.get_input_embeddings().weight, tokens_dir)
+        super().__init__(model_spec, tokenizer, InputEmbeddings.of(model), tokens_dir, chat_template_kwargs)
         self._activation_vectors: dict[str, tuple[Intervention, torch.Tensor]] = {}
 
     @property
@@ -45,7 +47,7 @@ class HFBackend(SteeringBackend):
 
     def _embeddings(self, prompts: Sequence[AssembledPrompt]) -> list[torch.Tensor]:
         vectors = self.vectors_for(prompts)
-        return [embed(p, self.embedding_weight, vectors) for p in prompts]
+        return [embed(p, self.embeddings, vectors) for p in prompts]
 
     def use_activation_vectors(self, tokens) -> None:
         """Use these caa/prosv vectors (SteeringTokens with an intervention, e.g. a sweep's candidates) instead of
@@ -136,7 +138,7 @@ class HFBackend(SteeringBackend):
             if target.numel() == 0:
                 results.append((0.0, True))
                 continue
-            rows = torch.cat([context, self.embedding_weight[target]]).unsqueeze(0)
+            rows = torch.cat([context, self.embeddings.rows(target)]).unsqueeze(0)
             with self._activations([prompt], prompt_ends=torch.tensor([context.shape[0]])):
                 logits = self.model(inputs_embeds=rows).logits[0, context.shape[0] - 1:-1].float()
             logprobs = torch.log_softmax(logits, dim=-1)

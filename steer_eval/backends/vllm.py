@@ -22,6 +22,7 @@ from steer_eval.assembly import AssembledPrompt
 from steer_eval.backends.base import SteeringBackend, check_vector
 from steer_eval.backends.engine_log import default_engine_log, route_vllm_logs
 from steer_eval.backends.extended_vocab import DEFAULT_SPARE_ROWS, extended_model, read_input_embeddings
+from steer_eval.embedding_space import InputEmbeddings, scale_from_config
 from steer_eval.errors import PromptTooLongError
 from steer_eval.generation import GenerationConfig
 from steer_eval.models import resolve_model_path
@@ -84,7 +85,8 @@ class VLLMBackend(SteeringBackend):
 
     def __init__(self, model_spec: str, tokens_dir=None, *, max_model_len: int = 2048,
                  gpu_memory_utilization: float | None = None, seed: int = 0, tensor_parallel_size: int = 1,
-                 spare_rows: int = DEFAULT_SPARE_ROWS, engine_log: str | None = None, **engine_kwargs):
+                 spare_rows: int = DEFAULT_SPARE_ROWS, engine_log: str | None = None,
+                 chat_template_kwargs: dict | None = None, **engine_kwargs):
         """`engine_log`: a file for vLLM's own log lines ("-": stderr; default: <STEER_EVAL_HOME>/logs/)."""
         from transformers import AutoTokenizer
         self.engine_log = route_vllm_logs(default_engine_log() if engine_log is None else engine_log)
@@ -95,7 +97,8 @@ class VLLMBackend(SteeringBackend):
         if len(tokenizer) > self.extended.vocab_size:
             raise ValueError(f"the tokenizer of {model_spec} has {len(tokenizer)} tokens but the model only "
                              f"{self.extended.vocab_size} embedding rows")
-        super().__init__(model_spec, tokenizer, read_input_embeddings(source), tokens_dir)
+        embeddings = InputEmbeddings(read_input_embeddings(source), scale_from_config(source))
+        super().__init__(model_spec, tokenizer, embeddings, tokens_dir, chat_template_kwargs)
         self.max_model_len = max_model_len
         self.engine_kwargs = {"max_model_len": max_model_len, "seed": seed,
                               "tensor_parallel_size": tensor_parallel_size, **engine_kwargs}
@@ -145,7 +148,8 @@ class VLLMBackend(SteeringBackend):
             return
         stale = any(row in self._row_vector for row in writes)
         row_ids = [self.extended.row_id(row) for row in writes]
-        stacked = torch.stack(list(writes.values())).float()
+        # The engine scales every row it looks up as the model's embedding module does (Gemma: by sqrt(hidden)).
+        stacked = torch.stack([self.embeddings.spare_row(vector) for vector in writes.values()])
         stored = stacked.new_full(stacked.shape, float("nan"))
         for worker_rows in self.llm.collective_rpc("steer_eval_write_rows", args=(row_ids, stacked.tolist())):
             for i, row in enumerate(worker_rows):

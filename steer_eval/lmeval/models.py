@@ -22,7 +22,7 @@ from steer_eval.backends.spec import DEFAULT_HF_BATCH_SIZE, BackendSpec
 from steer_eval import __version__
 from steer_eval.behaviors import AND_TOKEN, BehaviorError, resolve
 from steer_eval.errors import UserError
-from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig
+from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig, chat_template_options, split_reasoning
 from steer_eval.lmeval.tasks import SteeredResponse
 from steer_eval.models import DEFAULT_MODEL, ModelError, model_label, resolve_model_path
 from steer_eval.scoring import SCORER_VERSION
@@ -31,7 +31,7 @@ from steer_eval.tokens import TokenError, TokenStore, default_tokens_dir
 
 log = logging.getLogger(__name__)
 COMMON_ARGS = ("pretrained", "tokens_dir", "control_method", "mode", "steering", "max_gen_toks", "seed",
-               "data_parallel_size", "max_length")
+               "data_parallel_size", "max_length", "enable_thinking", "chat_template_kwargs")
 
 
 class ModelArgsError(UserError, TypeError):
@@ -92,9 +92,11 @@ class SteeringLM(LM):
     def __init__(self, pretrained: str = DEFAULT_MODEL, tokens_dir: str | None = None,
                  control_method: str = "steering", mode: str | None = None, steering: str | None = None,
                  max_gen_toks: int = DEFAULT_MAX_NEW_TOKENS, seed: int = 0, data_parallel_size: int = 1,
-                 max_length: int | None = None,
-                 backend=None, **backend_kwargs):
-        """`backend`: an already loaded backend to wrap (a notebook's, or a test session's shared one)."""
+                 max_length: int | None = None, enable_thinking: bool | None = None,
+                 chat_template_kwargs: str | dict | None = None, backend=None, **backend_kwargs):
+        """`backend`: an already loaded backend to wrap (a notebook's, or a test session's shared one).
+        `enable_thinking` (as lm-eval's own hf and vllm classes take it) and `chat_template_kwargs` (a JSON object)
+        go to the chat template."""
         super().__init__()
         if control_method not in CONTROL_METHODS:
             raise BehaviorError(f"unknown control_method {control_method!r}; choose one of {', '.join(CONTROL_METHODS)}")
@@ -112,8 +114,9 @@ class SteeringLM(LM):
         self.max_gen_toks = _number("max_gen_toks", max_gen_toks)
         self.seed = _number("seed", seed, minimum=None)
         self.data_parallel_size = _number("data_parallel_size", data_parallel_size)
+        template_options = chat_template_options(chat_template_kwargs, enable_thinking)
         spec = BackendSpec(self.backend_name, self.pretrained, None if tokens_dir is None else str(tokens_dir),
-                           self.backend_options(**backend_kwargs))
+                           {**self.backend_options(**backend_kwargs), "chat_template_kwargs": template_options})
         if backend is not None:
             self.backend = backend
         elif self.data_parallel_size > 1:
@@ -121,6 +124,7 @@ class SteeringLM(LM):
         else:
             self.backend = self.build_backend(spec)
         self.tokenizer = self.backend.tokenizer
+        self.chat_template_kwargs = getattr(backend, "chat_template_kwargs", template_options)
         self.token_store = getattr(self.backend, "store", None) or TokenStore(
             tokens_dir or default_tokens_dir(model_label(self.pretrained)))
         self.max_length = _number("max_length", max_length) if max_length else self._model_context_length()
@@ -133,7 +137,8 @@ class SteeringLM(LM):
         return {"model": self.pretrained, "model_path": self.model_path, "backend": self.backend_name,
                 "tokens_dir": str(self.token_store.directory), "control_method": self.control_method,
                 "mode": self.mode, "steering": self.fixed_behaviors, "data_parallel_size": self.data_parallel_size,
-                "package_version": __version__, "scorer_version": SCORER_VERSION}
+                "chat_template_kwargs": self.chat_template_kwargs, "package_version": __version__,
+                "scorer_version": SCORER_VERSION}
 
     def describe(self) -> str:
         info = self.model_info()
@@ -197,7 +202,8 @@ class SteeringLM(LM):
         else:
             system, user = self._turns(request.args[0])
         return assemble(user, behaviors, self.tokenizer, control_method=self.control_method, mode=mode,
-                        paraphrase_seed=self.seed, instructions=instructions, system_prompt=system)
+                        paraphrase_seed=self.seed, instructions=instructions, system_prompt=system,
+                        chat_template_kwargs=self.chat_template_kwargs)
 
     def _fingerprint(self, name: str) -> str:
         if name not in self._fingerprints:
@@ -248,7 +254,8 @@ class SteeringLM(LM):
         for config, indices in by_config.items():
             texts = self.backend.generate([prompts[i] for i in indices], config, progress=not disable_tqdm)
             for index, text in zip(indices, texts):
-                responses[index] = SteeredResponse(text, self._setting(prompts[index]))
+                _, answer = split_reasoning(text)  # a reasoning block is never judged as the answer
+                responses[index] = SteeredResponse(answer, self._setting(prompts[index]))
                 self.cache_hook.add_partial("generate_until", requests[index].args, responses[index])
         return responses
 
@@ -275,7 +282,7 @@ class SteeringLM(LM):
             behaviors, mode, _ = self._behaviors(request.doc)
             if behaviors:
                 context = assemble("", behaviors, self.tokenizer, control_method=self.control_method, mode=mode,
-                                   paraphrase_seed=self.seed)
+                                   paraphrase_seed=self.seed, chat_template_kwargs=self.chat_template_kwargs)
             else:
                 context = AssembledPrompt((prefix_id,), (), "", (), self.control_method, mode, None)
             length = len(context.input_ids) + len(self.tokenizer.encode(text, add_special_tokens=False))
@@ -291,7 +298,8 @@ class SteeringLM(LM):
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         rendered = self.tokenizer.apply_chat_template(chat_history, tokenize=False,
-                                                      add_generation_prompt=add_generation_prompt)
+                                                      add_generation_prompt=add_generation_prompt,
+                                                      **self.chat_template_kwargs)
         self._rendered_chats[rendered] = [dict(message) for message in chat_history]
         return rendered
 
