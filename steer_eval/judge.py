@@ -167,7 +167,14 @@ class JudgeConfig:
 
     @property
     def endpoint(self) -> str:
-        return f"{self.base_url}/chat/completions"
+        """The chat-completions URL without user:password (those go in an Authorization header, so neither the
+        messages nor httpx's request log ever show them)."""
+        return str(httpx.URL(f"{self.base_url}/chat/completions").copy_with(username=None, password=None))
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        url = httpx.URL(self.base_url)
+        return (url.username, url.password) if url.username or url.password else None
 
 
 class _RejectedItem(Exception):
@@ -343,7 +350,8 @@ async def _judge_missing(config: JudgeConfig, missing: dict[str, tuple[str, str]
     headers = {"Authorization": f"Bearer {config.api_key}".encode()} if config.api_key else {}
     limits = httpx.Limits(max_connections=config.concurrency)
     items = iter(missing.items())
-    async with httpx.AsyncClient(headers=headers, timeout=config.timeout_s, limits=limits) as client:
+    async with httpx.AsyncClient(headers=headers, timeout=config.timeout_s, limits=limits,
+                                 auth=config.basic_auth) as client:
         judge = _Judge(config, client)
         with tqdm(total=len(missing), desc="judging", unit="response", disable=not progress) as bar:
             async def work():

@@ -431,8 +431,21 @@ def test_a_url_holding_the_key_is_masked_in_messages(tmp_path, serve, monkeypatc
     with pytest.raises(JudgeError) as error:
         JudgeConfig.from_environment(f"ftp://{userinfo}example.org/v1", "m")
     messages.append(str(error.value))
-    assert all(f"user:{MASK}@" in message for message in messages)
+    assert all("user:" not in message for message in messages[:2])  # the endpoint is shown without its userinfo
+    assert f"user:{MASK}@" in messages[2]
     assert not [leak for message in messages for leak in leaks(key, message)]
+
+
+def test_userinfo_in_the_base_url_is_sent_as_basic_auth_and_never_logged(tmp_path, serve, caplog):
+    import base64
+    import logging
+    caplog.set_level(logging.DEBUG)
+    server = serve()
+    judge_records(write_records(tmp_path / "r.jsonl"),
+                  config(server.base_url.replace("//", "//user:s3cret-pass@"), attempts=1), progress=False)
+    expected = "Basic " + base64.b64encode(b"user:s3cret-pass").decode()
+    assert server.requests[0]["headers"]["Authorization"] == expected
+    assert "HTTP Request: POST" in caplog.text and "s3cret-pass" not in caplog.text
 
 
 def test_the_cli_prints_a_summary_per_control_method(tmp_path, serve, capsys):
