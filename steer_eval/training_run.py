@@ -26,6 +26,7 @@ the wrong shape raises a `UserError` whose message is one line naming the file, 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 MANIFEST, CHECKPOINT, LOG, SUMMARY = "run.json", "ckpt.pt", "log.jsonl", "summary.json"
 RUN_FILES = (MANIFEST, CHECKPOINT, CHECKPOINT + ".tmp", LOG, SUMMARY, MANIFEST + ".tmp")
+
 VOLATILE = ("resume", "restart", "stop_after", "device", "cuda_graphs", "out_dir")  # may change on --resume
 BY_CONTENT = ("model", "data", "val_data_path")  # compared by the files' contents, not their paths
 MANIFEST_VERSION = 1
@@ -246,10 +248,25 @@ class RunFolder:
         self.manifest, self.checkpoint = self.path / MANIFEST, self.path / CHECKPOINT
         self.log, self.summary = self.path / LOG, self.path / SUMMARY
         self.replaced: Path | None = None  # where --restart moved the previous run's files
+        self._lock = None
 
     def check(self, identity: TrainingIdentity, resume: bool, restart: bool, checkpoint: dict | None = None) -> None:
-        """Refuse what open() would refuse, writing and moving nothing (before the model loads)."""
+        """Refuse what open() would refuse, writing and moving nothing (before the model loads); then hold the
+        folder for this trainer until the process ends (open() checks again under the lock)."""
         self.open(identity, resume, restart, checkpoint, write=False)
+        self._hold()
+
+    def _hold(self) -> None:
+        # Beside the folder, not in it, and only once the run is accepted: a refused run leaves nothing behind.
+        lock_path = self.path.absolute().with_name(f".{self.path.name}.trainer.lock")
+        handle = lock_path.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise TrainingRunError(f"another trainer is writing {self.path}; wait for it to finish or use another "
+                                   "--out_dir") from None
+        self._lock = handle
 
     def open(self, identity: TrainingIdentity, resume: bool, restart: bool, checkpoint: dict | None = None,
              command: str = "", write: bool = True) -> str | None:

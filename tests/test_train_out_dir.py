@@ -385,3 +385,11 @@ def test_a_log_shorter_than_the_checkpoint_saw_is_refused_not_padded(args, tmp_p
     err = _refused(["--out_dir", str(tmp_path / "run"), "--resume"], capsys)
     assert str(log) in err and "fewer than" in err
     assert log.read_bytes() == cut  # not padded with NUL bytes up to the checkpoint's position
+
+
+def test_a_second_trainer_into_a_busy_out_dir_is_refused(args, tmp_path, capsys, no_model):
+    import fcntl
+    with open(tmp_path / ".run.trainer.lock", "a") as held:  # a first trainer, running into tmp_path/run
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert "another trainer is writing" in _refused(args(), capsys)
+    assert not (tmp_path / "run").exists()
