@@ -50,7 +50,8 @@ logger = logging.getLogger(__name__)
 MANIFEST, CHECKPOINT, LOG, SUMMARY = "run.json", "ckpt.pt", "log.jsonl", "summary.json"
 RUN_FILES = (MANIFEST, CHECKPOINT, CHECKPOINT + ".tmp", LOG, SUMMARY, MANIFEST + ".tmp")
 
-VOLATILE = ("resume", "restart", "stop_after", "device", "cuda_graphs", "out_dir")  # may change on --resume
+# may change on --resume
+VOLATILE = ("resume", "restart", "stop_after", "device", "cuda_graphs", "out_dir", "overwrite_tokens")
 BY_CONTENT = ("model", "data", "val_data_path")  # compared by the files' contents, not their paths
 MANIFEST_VERSION = 1
 DATA_FIX = "make the data with trainers/build_data.py"
@@ -238,6 +239,25 @@ def _files(digests) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def check_tokens_free(store, names, out_dir, overwrite: bool) -> None:
+    """Tokens a run will save must not replace those of a training in another out_dir (the default folder of the
+    default model holds the shipped tokens) without --overwrite_tokens. A run into the same out_dir may: that
+    folder's own run identity already refuses another run there unless --restart."""
+    here = Path(out_dir).resolve()
+    taken = []
+    for name in names:
+        if store.has(name):
+            try:
+                trained_in = store.load(name).training_config.get("out_dir")
+            except TokenError:
+                trained_in = None  # unreadable: nothing readable is lost, but ask all the same
+            if trained_in is None or Path(trained_in).resolve() != here:
+                taken.append(name)
+    if taken and not overwrite:
+        raise TrainingRunError(f"{store.directory} already holds steering tokens {', '.join(taken)} of another "
+                               "training; give another --tokens_dir, or --overwrite_tokens to replace them")
+
+
 # ----------------------------------------------------------------------------- the folder
 
 class RunFolder:
@@ -259,6 +279,7 @@ class RunFolder:
     def _hold(self) -> None:
         # Beside the folder, not in it, and only once the run is accepted: a refused run leaves nothing behind.
         lock_path = self.path.absolute().with_name(f".{self.path.name}.trainer.lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
         handle = lock_path.open("a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

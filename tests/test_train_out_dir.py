@@ -393,3 +393,14 @@ def test_a_second_trainer_into_a_busy_out_dir_is_refused(args, tmp_path, capsys,
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert "another trainer is writing" in _refused(args(), capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_tokens_of_another_training_are_never_replaced_silently(args, tmp_path, capsys, no_model_later):
+    trainer.main(args())
+    tokens = tmp_path / "run_tokens"
+    before = _files(tokens)
+    no_model_later()
+    other = [str(tokens) if arg == str(tmp_path / "other_tokens") else arg for arg in args(out="other")]
+    err = _refused(other, capsys)
+    assert "already holds steering tokens spanish, words_10_50 of another training" in err
+    assert "--overwrite_tokens" in err and _files(tokens) == before and not (tmp_path / "other").exists()

@@ -88,6 +88,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
+    overwrite_tokens: bool = False  # replace tokens of another training in --tokens_dir (refused otherwise)
     stop_after: int = 0  # stop (with a checkpoint) after this many steps of the schedule; 0 = run to the end
     restart: bool = False  # move the out_dir's run aside (into replaced-<date>/) and start over
 
@@ -298,10 +299,11 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
     folder = RunFolder(config.out_dir, TRAINER)
     inputs = TrainingIdentity.of(TRAINER, dataclasses.asdict(config), data_files, weights_fingerprint(config.model),
                                  val_files, tokens)
+    trained = sorted({r["behaviors"][0] for r in records}) if config.stage == "behaviour" else [AND_TOKEN]
     if master:  # an out_dir holding another run is refused here; run.json is written before the first step
         folder.check(inputs, config.resume, config.restart, checkpoint)
+        training_run.check_tokens_free(store, trained, config.out_dir, config.overwrite_tokens)
     if checkpoint is not None:
-        trained = sorted({r["behaviors"][0] for r in records}) if config.stage == "behaviour" else [AND_TOKEN]
         check_checkpoint_state(checkpoint, folder.checkpoint, trained, total_steps)
 
     # In bfloat16 every op of the frozen base runs in bfloat16; the trained vectors stay float32 parameters.
@@ -429,7 +431,7 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
         if val_examples:
             summary["val_loss"] = validate()
             log({"step": step, "val_loss": summary["val_loss"]})
-        training = {**dataclasses.asdict(config), "summary": summary}
+        training = {**dataclasses.asdict(config), "run": run, "summary": summary}
         for name, p in params.items():
             behaviors = (name,) if name != AND_TOKEN else tuple(frozen)
             store.save(SteeringToken(name, p.detach().float().cpu(), behaviors, identity, training))

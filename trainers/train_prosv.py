@@ -33,7 +33,8 @@ from steer_eval.distillation import distillation_step, training_dtype, training_
 from steer_eval.errors import UserError  # noqa: E402
 from steer_eval.models import load_model, model_label, weights_fingerprint  # noqa: E402
 from steer_eval.tokens import ModelIdentity, SteeringToken, TokenStore, default_tokens_dir  # noqa: E402
-from steer_eval.training_run import RunFolder, TrainingIdentity, read_training_data  # noqa: E402
+from steer_eval.training_run import (RunFolder, TrainingIdentity, check_tokens_free,  # noqa: E402
+                                     read_training_data)
 
 TRAINER = "train_prosv.py"
 
@@ -73,6 +74,8 @@ def parse_args(argv=None):
                         help="examples per length-sorted micro-batch (0: all; -1: by device, as train.py)")
     parser.add_argument("--log_every", type=int, default=10)
     parser.add_argument("--restart", action="store_true", help="move the out_dir's previous run aside, start over")
+    parser.add_argument("--overwrite_tokens", action="store_true",
+                        help="replace prosv vectors of another training in --tokens_dir (refused otherwise)")
     args = parser.parse_args(argv)
     if args.positions < 1:
         parser.error("--positions must be at least 1 (a prompt-only vector steers some prompt positions)")
@@ -110,13 +113,15 @@ def train(args) -> dict:
     folder = RunFolder(args.out_dir, TRAINER)
     inputs = TrainingIdentity.of(TRAINER, vars(args), data_files, weights_fingerprint(args.model))
     folder.check(inputs, resume=False, restart=args.restart)  # run.json is written once the model has loaded
+    store = TokenStore(args.tokens_dir or default_tokens_dir(model_label(args.model)))
+    check_tokens_free(store, [vector_name("prosv", b) for b in sorted({r["behaviors"][0] for r in records})],
+                      args.out_dir, args.overwrite_tokens)
 
     model, tokenizer = load_model(args.model, device=device, dtype=dtype)
     layer = len(decoder_layers(model)) // 2 if args.layer is None else args.layer
     check_layer(model, layer)
     embedding_weight = model.get_input_embeddings().weight
     identity = ModelIdentity.of(model_label(args.model), embedding_weight)
-    store = TokenStore(args.tokens_dir or default_tokens_dir(model_label(args.model)))
 
     examples = distill.make_examples(records, tokenizer, "behaviour", args.max_response_tokens)
     students = [assemble(e.prompt, e.behaviors, tokenizer, control_method="prosv") for e in examples]
