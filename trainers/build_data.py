@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without an install too
 from steer_eval.backends.spec import BackendSpec  # noqa: E402
 from steer_eval.errors import UserError  # noqa: E402
-from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig  # noqa: E402
+from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig, chat_template_options  # noqa: E402
 from steer_eval.models import DEFAULT_MODEL  # noqa: E402
 
 
@@ -37,6 +37,8 @@ def parse_args(argv=None):
     parser.add_argument("--out_dir", default="data")
     parser.add_argument("--restart", action="store_true", help="move the out_dir's records aside and start over")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chat_template_kwargs", default=None, metavar="JSON",
+                        help="chat template options, e.g. '{\"enable_thinking\": false}' (train.py takes the same)")
     return parser.parse_args(argv)
 
 
@@ -44,8 +46,9 @@ def main(argv=None) -> int:
     from steer_eval.teacher import build
 
     args = parse_args(argv)
-    options = {"dtype": args.dtype} | ({"batch_size": args.batch_size} if args.backend == "hf" else {})
     try:
+        options = ({"dtype": args.dtype, "chat_template_kwargs": chat_template_options(args.chat_template_kwargs)}
+                   | ({"batch_size": args.batch_size} if args.backend == "hf" else {}))
         build(args.behaviors, pairs=args.pairs, spec=BackendSpec(args.backend, args.model, None, options),
               config=GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                       seed=args.seed),

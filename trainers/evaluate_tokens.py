@@ -22,7 +22,7 @@ from steer_eval.token_eval import PAIR_CONDITIONS, SINGLE_METHODS, summarize  # 
 
 def generate(args) -> None:
     from steer_eval.backends.spec import BackendSpec
-    from steer_eval.generation import GenerationConfig
+    from steer_eval.generation import GenerationConfig, chat_template_options
     from steer_eval.prompts import load_prompts
     from steer_eval.runner import RECORDS_FILE, run
     from steer_eval.token_eval import plan
@@ -30,7 +30,9 @@ def generate(args) -> None:
     pair_conditions = [c for c in PAIR_CONDITIONS if "/".join(c) in args.pair_conditions]
     requests = plan(load_prompts(args.prompts, args.split), args.singles, [tuple(p.split("+")) for p in args.pairs],
                     args.single_methods, pair_conditions, args.n_single, args.n_pair)
-    spec = BackendSpec("hf", args.model, args.tokens_dir, {"batch_size": args.batch_size, "dtype": args.dtype})
+    spec = BackendSpec("hf", args.model, args.tokens_dir, {"batch_size": args.batch_size, "dtype": args.dtype,
+                                                           "chat_template_kwargs": chat_template_options(
+                                                               args.chat_template_kwargs)})
     # Large chunks: the HF backend sorts each chunk by length and fills a GPU with big batches.
     run(requests, spec, GenerationConfig(max_new_tokens=args.max_new_tokens), Path(args.out_dir) / RECORDS_FILE,
         chunk_size=4096, restart=args.restart)
@@ -58,6 +60,8 @@ def main(argv=None) -> int:
     gen.add_argument("--batch_size", type=int, default=256)
     gen.add_argument("--out_dir", required=True, help="records.jsonl and its manifest go here (resumable)")
     gen.add_argument("--restart", action="store_true", help="move the out_dir's records aside and start over")
+    gen.add_argument("--chat_template_kwargs", default=None, metavar="JSON",
+                     help="chat template options, e.g. '{\"enable_thinking\": false}'")
     summ = commands.add_parser("summarize")
     summ.add_argument("--records", nargs="+", required=True, help="folders of JSONL records")
     summ.add_argument("--out", required=True)
