@@ -166,3 +166,30 @@ def test_the_trainer_starts_and_learns_in_the_steering_space(family, family_dirs
     assert losses[-1] < losses[0]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["chat_template_kwargs"] \
         == '{"enable_thinking": false}'
+
+
+TEMPLATES = {  # the user turn as each family's template writes it, reduced to what matters here
+    "gemma": ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n"
+              "{{ m.content }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}",
+              "<end_of_turn>\n<start_of_turn>model\n"),
+    "llama3": ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+               "{{ m.content }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+               "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}", "<|eot_id|><|start_header_id|>"),
+    "mistral": ("{{ bos_token }}{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}", " [/INST]"),
+}
+
+
+@pytest.mark.parametrize("family", TEMPLATES)
+def test_the_slot_sits_right_after_the_prompt_in_every_template(family, tokenizer):
+    import copy
+    template, after_user = TEMPLATES[family]
+    templated = copy.deepcopy(tokenizer)
+    templated.chat_template = template
+    for control_method in ("steering", "hybrid"):
+        assembled = assemble(PROMPT, ["german", "words_10_50"], templated, control_method=control_method)
+        first, last = assembled.slots[0][0], assembled.slots[-1][0]
+        assert [position for position, _ in assembled.slots] == list(range(first, last + 1))
+        assert templated.decode(assembled.input_ids[:first]).endswith(PROMPT)
+        rest = templated.decode(assembled.input_ids[last + 1:])
+        assert rest.startswith("\n\n" if control_method == "hybrid" else after_user)
+        assert after_user in rest

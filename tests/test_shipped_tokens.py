@@ -48,3 +48,18 @@ def test_shipped_baseline_vectors_load_for_this_model(default_hf):
         assert (prosv.intervention.layer, prosv.intervention.positions) == (15, 4)
         assert 30 < prosv.intervention.factor < 60  # trained up from 8
         assert torch.linalg.vector_norm(prosv.vector).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_steering_space_of_the_default_model_is_the_one_the_tokens_were_trained_in(default_hf):
+    """Llama scales nothing in its embedding module: the shipped tokens' embedding fingerprint is the model's, and the
+    inputs_embeds of today's assembly are bit for bit the raw weight rows the tokens were trained against."""
+    from steer_eval.assembly import embed
+    store = TokenStore(default_tokens_dir("SmolLM2-135M-Instruct"))
+    assert default_hf.embeddings.scale == 1.0
+    vectors = load_vectors(store, ["german", AND_TOKEN, "words_10_50"], default_hf.identity)
+    assembled = default_hf.assemble("Why is the sky blue?", ["german", "words_10_50"])
+    rows = default_hf.embedding_weight[torch.tensor(assembled.input_ids)].clone()
+    for position, name in assembled.slots:
+        rows[position] = vectors[name]
+    assert torch.equal(embed(assembled, default_hf.embeddings, vectors), rows)
+    assert all(store.load(name).model.fingerprint == default_hf.identity.fingerprint for name in vectors)
