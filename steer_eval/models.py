@@ -149,11 +149,19 @@ def _log(message: str) -> None:
 
 
 def _verify_folder(folder: Path) -> bool:
+    """Every file the manifest lists has its checksum: hashed once, then only while the files' stamp is unchanged."""
     manifest = folder / MANIFEST
     if not manifest.is_file():
         return False
-    expected = json.loads(manifest.read_text())["sha256"]
-    return all((folder / name).is_file() and _sha256(folder / name) == digest for name, digest in expected.items())
+    try:
+        expected = json.loads(manifest.read_text(encoding="utf-8"))["sha256"]
+        files = [folder / name for name in expected]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not all(path.is_file() for path in files):
+        return False
+    return _remembered(f"verified {folder.resolve()}", [manifest, *files], lambda: str(all(
+        _sha256(folder / name) == digest for name, digest in expected.items()))) == "True"
 
 
 def _download(model: EmbeddedModel, workdir: Path) -> list[Path]:
@@ -284,7 +292,7 @@ def resolve_model_path(spec: str) -> str:
 # Everything in a model folder that changes its answers: weights, config, tokenizer, chat template, custom code.
 _IDENTITY_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".txt", ".jinja",
                       ".tiktoken", ".py")
-_FINGERPRINTS_FILE = "weights_fingerprints.json"
+_STAMPS_FILE = "file_stamps.json"
 
 
 def _identity_files(folder: Path) -> list[Path]:
@@ -333,33 +341,43 @@ def weights_fingerprint(spec: str) -> str:
     files = _identity_files(folder)
     if not any(path.suffix in (".safetensors", ".bin", ".pt", ".pth", ".gguf") for path in files):
         raise ModelError(f"{folder} holds no weight files (*.safetensors, *.bin, *.gguf); give a model folder")
-    stamp = hashlib.sha256(json.dumps([[p.name, p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino]
-                                       for p in files]).encode()).hexdigest()
-    known_path = home() / _FINGERPRINTS_FILE
-    try:
-        known = json.loads(known_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        known = {}
-    cached = known.get(str(folder)) if isinstance(known, dict) else None
-    if isinstance(cached, dict) and cached.get("stamp") == stamp:
-        return cached["fingerprint"]
+    return _remembered(f"weights {folder}", files, lambda: _hash_model_files(folder, files))
+
+
+def _hash_model_files(folder: Path, files: list[Path]) -> str:
     _check_model_files(folder, files)
     digest = hashlib.sha256()
     for path in files:
         digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
         with path.open("rb") as handle:
             digest.update(hashlib.file_digest(handle, "sha256").digest())
-    fingerprint = digest.hexdigest()[:16]
+    return digest.hexdigest()[:16]
+
+
+def _remembered(key: str, files: list[Path], compute) -> str:
+    """compute() once per state of `files`: its result is kept in $STEER_EVAL_HOME under `key` with the files'
+    stamp (names, sizes, modification times, inodes), so a later call on unchanged files reads none of them."""
+    stamp = hashlib.sha256(json.dumps([[str(p), p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino]
+                                       for p in files]).encode()).hexdigest()
+    known_path = home() / _STAMPS_FILE
+    try:
+        known = json.loads(known_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = {}
     known = known if isinstance(known, dict) else {}
-    known[str(folder)] = {"stamp": stamp, "fingerprint": fingerprint}
+    cached = known.get(key)
+    if isinstance(cached, dict) and cached.get("stamp") == stamp and isinstance(cached.get("value"), str):
+        return cached["value"]
+    value = compute()
+    known[key] = {"stamp": stamp, "value": value}
     try:
         known_path.parent.mkdir(parents=True, exist_ok=True)
         partial = known_path.with_name(f".{known_path.name}.{os.getpid()}")
         partial.write_text(json.dumps(known, indent=1), encoding="utf-8")
         os.replace(partial, known_path)
     except OSError:
-        pass  # a read-only home only costs hashing again next time
-    return fingerprint
+        pass  # a read-only home only costs computing it again next time
+    return value
 
 
 def model_label(spec: str) -> str:

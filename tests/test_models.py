@@ -213,3 +213,23 @@ def test_the_registry_is_data_for_one_code_path():
     assert len(gemma3.requirements) == 5 and all(r.endswith("==1.0.0") for r in gemma3.requirements)
     assert [m.rsplit(".", 1)[1] for m in gemma3.gguf_members] == ["part00", "part01", "part02", "part03"]
     assert model_label("gemma3-270m") == "gemma-3-270m"
+
+
+def test_a_fetched_folder_is_hashed_once_and_a_changed_file_is_still_found(tmp_path, monkeypatch):
+    import hashlib
+    import json
+    from steer_eval import models
+    monkeypatch.setenv("STEER_EVAL_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(b"x" * 1000)
+    sums = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in ("config.json", "model.safetensors")}
+    (folder / models.MANIFEST).write_text(json.dumps({"sha256": sums}))
+    hashed = []
+    real = models._sha256
+    monkeypatch.setattr(models, "_sha256", lambda path: hashed.append(path.name) or real(path))
+    assert models._verify_folder(folder) and len(hashed) == 2
+    assert models._verify_folder(folder) and len(hashed) == 2  # unchanged: nothing read
+    (folder / "model.safetensors").write_bytes(b"y" * 1000)  # same size, other content
+    assert not models._verify_folder(folder) and len(hashed) == 4
