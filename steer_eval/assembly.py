@@ -137,6 +137,10 @@ def assemble(prompt: str, behaviors: Sequence[str], tokenizer, *, control_method
     content = prompt + _MARKER + (f"\n\n{instruction}" if instruction else "")
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
         {"role": "user", "content": content}]
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise BehaviorError(f"the tokenizer of {getattr(tokenizer, 'name_or_path', 'this model')} has no chat "
+                            "template; steer-eval puts steering tokens inside the user turn of a chat template, so "
+                            "use a model that has one (e.g. the instruction-tuned variant)")
     rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
                                              **(chat_template_kwargs or {}))
     before, after = rendered.split(_MARKER)

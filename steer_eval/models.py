@@ -312,6 +312,15 @@ def _folder_of(spec: str) -> Path:
                          "model folder, an embedded model name or a Hugging Face id this machine can download") from None
 
 
+def _has_chat_template(folder: Path) -> bool:
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        return bool(json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _check_model_files(folder: Path, files: list[Path]) -> None:
     """What loading would trip over, named before anything loads: a config that is not one, unreadable weights."""
     from safetensors import safe_open
@@ -323,6 +332,10 @@ def _check_model_files(folder: Path, files: list[Path]) -> None:
     except (OSError, ValueError) as error:
         raise ModelError(f"{folder / 'config.json'} is not a model configuration ({brief(error)}); give a Hugging "
                          "Face model folder (config.json, weights, tokenizer)") from None
+    if not _has_chat_template(folder):
+        raise ModelError(f"{folder} has no chat template (chat_template.jinja, or chat_template in "
+                         "tokenizer_config.json); steer-eval puts steering tokens inside the user turn of the model's "
+                         "chat template, so give a model folder that has one (e.g. the instruction-tuned variant)")
     for path in files:
         if path.suffix == ".safetensors":
             try:

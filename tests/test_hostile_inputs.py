@@ -142,3 +142,24 @@ def test_judge_caches(make, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(ENV_BASE_URL, "http://127.0.0.1:9/v1")  # nothing listens: the cache fails first
     monkeypatch.setenv(ENV_MODEL, "judge")
     _refused(["judge", tmp_path / "records.jsonl"], cache, capsys)
+
+
+def test_a_model_without_a_chat_template_is_one_line_before_it_loads(tiny_model_dir, tmp_path, capsys):
+    import shutil
+    model = tmp_path / "base-model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "chat_template.jinja").unlink()
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    assert "has no chat template" in _refused(_infer(model, "--limit", "1"), model, capsys)
+
+
+def test_assembly_names_a_tokenizer_without_a_chat_template(tokenizer):
+    import copy
+    from steer_eval.assembly import assemble
+    from steer_eval.behaviors import BehaviorError
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = None
+    with pytest.raises(BehaviorError, match="has no chat template"):
+        assemble("Hi", ["german"], bare)
