@@ -286,6 +286,7 @@ def test_scores_survive_a_kill_and_the_rerun_asks_only_for_the_rest(tmp_path, se
 def test_the_api_key_is_sent_but_never_written_or_printed(tmp_path, serve, monkeypatch, capsys, caplog):
     monkeypatch.setenv("LLM_JUDGE_API_KEY", FAKE_KEY)
     caplog.set_level(logging.DEBUG)  # httpx and httpcore log every request at INFO and DEBUG
+    caplog.set_level(logging.DEBUG, logger="httpx")  # even after vLLM's logging setup quieted it in this process
     messages = []
 
     def echo(status):  # a server that puts the key it was sent into everything it answers
@@ -391,6 +392,7 @@ SURFACES = {  # how a server's text reaches the user, and after how many of its 
 def test_a_server_echoing_the_key_never_gets_it_into_files_messages_or_logs(tmp_path, serve, key, surface, capsys,
                                                                             caplog):
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")  # even after vLLM's logging setup quieted it in this process
     answer, cut = SURFACES[surface]
     stops = surface in ("http-404", "http-503")  # the run stops at the first such reply: one run per text
     texts = [text for echo in echoes(key).values()
@@ -440,6 +442,7 @@ def test_userinfo_in_the_base_url_is_sent_as_basic_auth_and_never_logged(tmp_pat
     import base64
     import logging
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.INFO, logger="httpx")  # vLLM's logging setup, once run in this process, quiets httpx
     server = serve()
     judge_records(write_records(tmp_path / "r.jsonl"),
                   config(server.base_url.replace("//", "//user:s3cret-pass@"), attempts=1), progress=False)
