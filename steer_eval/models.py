@@ -137,11 +137,8 @@ def home() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _log(message: str) -> None:
@@ -361,9 +358,7 @@ def _hash_model_files(folder: Path, files: list[Path]) -> str:
     _check_model_files(folder, files)
     digest = hashlib.sha256()
     for path in files:
-        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-        with path.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
+        digest.update(f"{path.name}\0{path.stat().st_size}\0{_sha256(path)}\0".encode())
     return digest.hexdigest()[:16]
 
 
