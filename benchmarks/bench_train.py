@@ -7,8 +7,8 @@ both alike. The first step of each is a warm-up and is not counted.
 - reference: what one writes first. Per-example embedding, one right-padded batch, the model's full-vocabulary
   logits at every position (`model(inputs_embeds=...).logits`), then KL(teacher || student) at temperature T over
   the response positions, times T^2; teacher forward under no_grad, student forward and backward.
-- trainer: `steer_eval.distillation.distillation_step`, as trainers/train.py calls it, for each `--group_sizes`;
-  and for each `--graph_group_sizes` with its decoder passes replayed as CUDA graphs (`steer_eval.decoder_graphs`,
+- trainer: `steer_eval.training.distillation.distillation_step`, as trainers/train.py calls it, for each `--group_sizes`;
+  and for each `--graph_group_sizes` with its decoder passes replayed as CUDA graphs (`steer_eval.training.decoder_graphs`,
   the trainer's default on a GPU). Graphs are captured once per padded shape: a pass over all the batches captures
   every shape before the timed steps; its time, the number of shapes and the memory the graphs keep are reported
   apart (`cuda_graph_capture`).
@@ -41,11 +41,11 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from steer_eval.assembly import embed  # noqa: E402
-from steer_eval.decoder_graphs import LENGTH_STEP, DecoderGraphs  # noqa: E402
-from steer_eval.distillation import distillation_step  # noqa: E402
-from steer_eval.embedding_space import InputEmbeddings  # noqa: E402
-from steer_eval.models import load_model  # noqa: E402
+from steer_eval.steering.assembly import embed  # noqa: E402
+from steer_eval.training.decoder_graphs import LENGTH_STEP, DecoderGraphs  # noqa: E402
+from steer_eval.training.distillation import distillation_step  # noqa: E402
+from steer_eval.steering.embedding_space import InputEmbeddings  # noqa: E402
+from steer_eval.steering.models import load_model  # noqa: E402
 
 
 def _trainer():

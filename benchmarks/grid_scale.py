@@ -36,12 +36,12 @@ def _peak_rss_mb() -> float:
 
 def child(args) -> None:
     """One run in this process; prints a JSON line (peak RSS is this process's own: the driver's)."""
-    from steer_eval.backends.spec import BackendSpec
-    from steer_eval.generation import GenerationConfig
-    from steer_eval.grid import build_grid
-    from steer_eval.prompts import Prompt
-    from steer_eval.run_identity import read_throughput
-    from steer_eval.runner import run
+    from steer_eval.runs.backend_spec import BackendSpec
+    from steer_eval.backends.generation import GenerationConfig
+    from steer_eval.runs.grid import build_grid
+    from steer_eval.scoring.prompts import Prompt
+    from steer_eval.runs.identity import read_throughput
+    from steer_eval.runs.runner import run
 
     prompts = [Prompt(f"p{i:05d}", f"Synthetic prompt number {i}: explain something in a few sentences.")
                for i in range(args.prompts)]
@@ -66,7 +66,7 @@ def _child(prompts: int, actors: int, output: Path, delay: float = 0.0, chunk_si
 
 
 def _analyze(output: Path) -> dict:
-    command = [sys.executable, "-c", "import sys, resource; from steer_eval.cli import main; code = main(sys.argv[1:]);"
+    command = [sys.executable, "-c", "import sys, resource; from steer_eval.cli.main import main; code = main(sys.argv[1:]);"
                " print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr); sys.exit(code)",
                "analyze", str(output)]
     started = time.monotonic()

@@ -17,7 +17,7 @@ json -> JsonFormat; title_case has no IFEval counterpart (reported as unmapped).
 Approximations (also written into table.md):
 * IFEval's count_sentences loads nltk's pickled english Punkt model; we never unpickle and cannot download, so
   it gets nltk's PunktSentenceTokenizer() with default (untrained) parameters instead.
-* Our sentences_N gets the record's language (as steer_eval.scoring.verify does); Punkt is English-only.
+* Our sentences_N gets the record's language (as steer_eval.scoring.verdict.verify does); Punkt is English-only.
 
 Usage:  .venv/bin/python benchmarks/ifeval_crosscheck.py [--ours-from-git REV] [--summary-json PATH]
 """
@@ -89,13 +89,13 @@ def cached_detect(text):
 
 
 def load_ours(rev: str | None):
-    """steer_eval.verifiers from the working tree (rev None) or as it was at git revision ``rev``.
+    """steer_eval.scoring.verifiers from the working tree (rev None) or as it was at git revision ``rev``.
 
     For a revision the steer_eval/ package at rev is extracted (git archive, read-only) into a temp folder and
     imported there with the installed steer_eval modules set aside, so verifiers.py gets its own revision's
     helpers (sentences.py); the installed modules are put back afterwards."""
     if rev is None:
-        return importlib.import_module("steer_eval.verifiers")
+        return importlib.import_module("steer_eval.scoring.verifiers")
     archive = subprocess.run(["git", "archive", rev, "steer_eval"], cwd=REPO, capture_output=True, check=True)
     mine = lambda name: name == "steer_eval" or name.startswith("steer_eval.")
     saved = {name: module for name, module in sys.modules.items() if mine(name)}
@@ -105,7 +105,7 @@ def load_ours(rev: str | None):
             del sys.modules[name]
         sys.path.insert(0, folder)
         try:
-            return importlib.import_module("steer_eval.verifiers")
+            return importlib.import_module("steer_eval.scoring.verifiers")
         finally:
             sys.path.remove(folder)
             for name in [name for name in sys.modules if mine(name)]:
@@ -146,7 +146,7 @@ def ifeval_checkers(ie):
 
 
 def ours_verdict(ours, behavior: str, text: str, lang: str | None) -> bool:
-    from steer_eval.behaviors import BEHAVIORS  # the registry names the verifier and its parameters
+    from steer_eval.scoring.behaviors import BEHAVIORS  # the registry names the verifier and its parameters
     spec = BEHAVIORS[behavior]
     params = dict(spec.params)
     if spec.verifier == "has_sentences" and lang and "lang" in inspect.signature(ours.has_sentences).parameters:
@@ -403,8 +403,8 @@ def run(rev=None, workers=2, limit=None, records_path=RECORDS):
 
 
 def scorer_version(rev):
-    source = (subprocess.run(["git", "show", f"{rev}:steer_eval/scoring.py"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout if rev else (REPO / "steer_eval/scoring.py").read_text())
+    source = (subprocess.run(["git", "show", f"{rev}:steer_eval/scoring/verdict.py"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout if rev else (REPO / "steer_eval/scoring/verdict.py").read_text())
     found = re.search(r"^SCORER_VERSION = (\d+)", source, re.M)
     return int(found.group(1)) if found else None
 
@@ -439,7 +439,7 @@ def table_markdown(summary, command):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ours-from-git", metavar="REV", help="judge with steer_eval/verifiers.py at git REV "
+    parser.add_argument("--ours-from-git", metavar="REV", help="judge with steer_eval/scoring/verifiers.py at git REV "
                         "(e.g. HEAD) instead of the working tree")
     parser.add_argument("--records", type=Path, default=RECORDS)
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)

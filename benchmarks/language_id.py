@@ -1,4 +1,4 @@
-"""Compare language identifiers for ``steer_eval.verifiers.is_language``.
+"""Compare language identifiers for ``steer_eval.scoring.verifiers.is_language``.
 
 Candidates (each returns an ISO 639-1 code or None for one text):
 

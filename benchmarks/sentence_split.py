@@ -2,9 +2,9 @@
 
 Splitters (all return a sentence count for one text):
 
-* ``current``: ``steer_eval.verifiers.count_sentences`` from the working tree; it gets
+* ``current``: ``steer_eval.scoring.verifiers.count_sentences`` from the working tree; it gets
   ``lang=<case language>`` when its signature has a ``lang`` parameter.
-* ``v1``: ``count_sentences`` from ``git show REV:steer_eval/verifiers.py`` (a temporary
+* ``v1``: ``count_sentences`` from ``git show REV:steer_eval/scoring/verifiers.py`` (a temporary
   module); REV is ``--v1-rev`` or the newest commit whose verifiers.py still defines
   ``split_sentences`` (HEAD itself before the splitter moved to sentences.py).
 * ``pysbd``: ``pysbd.Segmenter(language=lang, clean=False)`` inside the v1 line handling.
@@ -67,22 +67,22 @@ ADVERSARIAL = {  # name -> builder of a ~1 MB input
 
 
 def v1_revision() -> str:
-    """Newest commit whose steer_eval/verifiers.py still defines split_sentences itself.
+    """Newest commit whose steer_eval/scoring/verifiers.py still defines split_sentences itself.
 
     At the time of writing that is HEAD's ancestor 515122a: later commits moved the
-    splitter to steer_eval/sentences.py, so plain HEAD would be the new splitter."""
-    revs = subprocess.run(["git", "rev-list", "HEAD", "--", "steer_eval/verifiers.py"], cwd=ROOT,
+    splitter to steer_eval/scoring/sentences.py, so plain HEAD would be the new splitter."""
+    revs = subprocess.run(["git", "rev-list", "HEAD", "--", "steer_eval/scoring/verifiers.py"], cwd=ROOT,
                           capture_output=True, text=True, check=True).stdout.split()
     return next(r for r in revs if "def split_sentences" in git_show(r))
 
 
 def git_show(rev: str) -> str:
-    return subprocess.run(["git", "show", f"{rev}:steer_eval/verifiers.py"], cwd=ROOT,
+    return subprocess.run(["git", "show", f"{rev}:steer_eval/scoring/verifiers.py"], cwd=ROOT,
                           capture_output=True, text=True, check=True).stdout
 
 
 def load_v1(rev: str):
-    """Module object for steer_eval/verifiers.py as at ``rev``."""
+    """Module object for steer_eval/scoring/verifiers.py as at ``rev``."""
     path = Path(tempfile.mkdtemp()) / "verifiers_v1.py"
     path.write_text(git_show(rev), encoding="utf-8")
     spec = importlib.util.spec_from_file_location("verifiers_v1", path)
@@ -96,7 +96,7 @@ def make_splitters(v1_rev: str) -> tuple[dict, dict]:
     v1 = load_v1(v1_rev)
     funcs, errors = {"v1": lambda text, lang: v1.count_sentences(text)}, {}
     try:
-        from steer_eval.verifiers import count_sentences
+        from steer_eval.scoring.verifiers import count_sentences
         if "lang" in inspect.signature(count_sentences).parameters:
             funcs["current"] = lambda text, lang: count_sentences(text, lang=lang)
         else:

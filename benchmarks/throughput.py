@@ -30,11 +30,11 @@ from pathlib import Path
 import psutil
 import torch
 
-from steer_eval.behaviors import AND_TOKEN
-from steer_eval.generation import GenerationConfig
-from steer_eval.models import model_label, resolve_model_path
-from steer_eval.prompts import bundled_prompts
-from steer_eval.tokens import ModelIdentity, SteeringToken, TokenStore
+from steer_eval.scoring.behaviors import AND_TOKEN
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.steering.models import model_label, resolve_model_path
+from steer_eval.scoring.prompts import bundled_prompts
+from steer_eval.steering.tokens import ModelIdentity, SteeringToken, TokenStore
 
 STEERING_RUNS = {  # name -> (behaviours, control method, mode)
     "vllm_text": (["german"], "text", "composition"),

@@ -40,7 +40,7 @@ def adversarial_inputs(size: int = 1_000_000) -> dict[str, str]:
 
 
 def compositions() -> list[list[str]]:
-    from steer_eval.behaviors import BEHAVIORS
+    from steer_eval.scoring.behaviors import BEHAVIORS
     return [[behavior] for behavior in BEHAVIORS] + [["german", "sentences_3"]]
 
 
@@ -50,7 +50,7 @@ def slowest_call(text: str, repeat: int) -> tuple[float, str]:
 
 
 def best_time(behaviors, text: str, repeat: int) -> float:
-    from steer_eval.scoring import verify
+    from steer_eval.scoring.verdict import verify
     times = []
     for _ in range(repeat):
         start = time.perf_counter()

@@ -7,7 +7,7 @@ Accepts the reference's flags (and every other `steer-eval infer` flag); the bac
 """
 import sys
 
-from steer_eval.cli import main
+from steer_eval.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["infer", "--backend", "vllm", *sys.argv[1:]]))

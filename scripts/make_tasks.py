@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from steer_eval.behaviors import BEHAVIORS, CATEGORIES
+from steer_eval.scoring.behaviors import BEHAVIORS, CATEGORIES
 from steer_eval.lmeval.tasks import COMPOSE_PLAN, SPLITS
 
 TASKS_DIR = Path(__file__).resolve().parents[1] / "steer_eval" / "tasks"
@@ -48,7 +48,7 @@ metadata:
 """
 
 
-# Quality next to accuracy (steer_eval.quality): repetition and distinct-2 of every response.
+# Quality next to accuracy (steer_eval.scoring.quality): repetition and distinct-2 of every response.
 QUALITY_METRICS = (_metric("repetition", "mean", "false")
                    + _metric("distinct_2", "!function utils.mean_where_applicable", "true"))
 

@@ -13,7 +13,7 @@ results/ordering/<control_method>_<mode>), resumable like any grid; every other 
 import argparse
 import sys
 
-from steer_eval.cli import main
+from steer_eval.cli.main import main
 
 
 def translate(argv: list[str]) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
-    from steer_eval.models import fetch
+    from steer_eval.steering.embedded import fetch
     return fetch("smollm2-135m")
 
 
@@ -39,8 +39,8 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 
 def _write_random_tokens(directory, model_label: str, embedding_weight: torch.Tensor, seed: int = 0) -> Path:
     """Random steering tokens (every behaviour and <and>) saved through the token store, as training would."""
-    from steer_eval.behaviors import AND_TOKEN, BEHAVIORS
-    from steer_eval.tokens import ModelIdentity, SteeringToken, TokenStore
+    from steer_eval.scoring.behaviors import AND_TOKEN, BEHAVIORS
+    from steer_eval.steering.tokens import ModelIdentity, SteeringToken, TokenStore
     identity = ModelIdentity.of(model_label, embedding_weight)
     generator = torch.Generator().manual_seed(seed)
     scale = embedding_weight.float().std().item()
@@ -61,7 +61,7 @@ def write_random_tokens():
 def tiny_tokens_dir(tiny_model_dir, tmp_path_factory) -> Path:
     from safetensors.torch import load_file
 
-    from steer_eval.models import model_label
+    from steer_eval.steering.models import model_label
     embedding = load_file(tiny_model_dir / "model.safetensors")["model.embed_tokens.weight"]
     return _write_random_tokens(tmp_path_factory.mktemp("tiny-random-tokens"), model_label(str(tiny_model_dir)),
                                 embedding)

@@ -1,6 +1,6 @@
 import pytest
 
-from steer_eval.analysis import by_combination, combination_key, summarize, to_frame
+from steer_eval.report.analysis import by_combination, combination_key, summarize, to_frame
 
 
 def rec(order, followed, per=None, prompt_id="p"):
@@ -54,7 +54,7 @@ def test_load_records_judges_unjudged_records_from_a_tarball(tmp_path):
     import json
     import tarfile
 
-    from steer_eval.records import load_records
+    from steer_eval.runs.records import load_records
 
     rows = [{"id": "a", "prompt": "p", "behaviors": ["uppercase"], "response": "ALL CAPS HERE",
              "control_method": "steering", "mode": "composition"},

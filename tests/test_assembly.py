@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from steer_eval.assembly import assemble, choose_paraphrase, embed, join_instructions, steering_sequence
-from steer_eval.behaviors import BehaviorError, get_behavior
-from steer_eval.embedding_space import InputEmbeddings
+from steer_eval.steering.assembly import assemble, choose_paraphrase, embed, join_instructions, steering_sequence
+from steer_eval.scoring.behaviors import BehaviorError, get_behavior
+from steer_eval.steering.embedding_space import InputEmbeddings
 
 PROMPT = "Why do cats purr?"
 

@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 
-from steer_eval.behaviors import (
+from steer_eval.scoring.behaviors import (
     BEHAVIORS,
     BehaviorError,
     compatible_combinations,

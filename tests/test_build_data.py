@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from steer_eval.backends.spec import BackendSpec
-from steer_eval.behaviors import get_behavior
-from steer_eval.generation import GenerationConfig
-from steer_eval.records import Record, read_records
-from steer_eval.scoring import verify
-from steer_eval.teacher import build
+from steer_eval.runs.backend_spec import BackendSpec
+from steer_eval.scoring.behaviors import get_behavior
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.runs.records import Record, read_records
+from steer_eval.scoring.verdict import verify
+from steer_eval.training.teacher import build
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,17 +9,17 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from steer_eval.activation import Intervention
-from steer_eval.assembly import assemble
+from steer_eval.steering.activation import Intervention
+from steer_eval.steering.assembly import assemble
 from steer_eval.backends.hf import HFBackend
-from steer_eval.backends.spec import BackendSpec
-from steer_eval.caa import caa_token, contrastive_means, export_steered
+from steer_eval.runs.backend_spec import BackendSpec
+from steer_eval.training.caa import caa_token, contrastive_means, export_steered
 from steer_eval.errors import UserError
-from steer_eval.generation import GenerationConfig
-from steer_eval.grid import build_grid
-from steer_eval.prompts import Prompt
-from steer_eval.records import Request
-from steer_eval.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.runs.grid import build_grid
+from steer_eval.scoring.prompts import Prompt
+from steer_eval.runs.records import Request
+from steer_eval.steering.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore
 
 SCRIPT = str(Path(sys.executable).parent / "steer-eval")
 PROMPT = "Why is the sky blue?"
@@ -204,7 +204,7 @@ def test_store_refuses_another_models_vector_and_a_kind_mismatch(caa, tmp_path):
 
 
 def test_runner_refuses_caa_on_vllm_before_loading_a_model(tmp_path):
-    from steer_eval.runner import run
+    from steer_eval.runs.runner import run
 
     requests = [Request("p1", PROMPT, ("german",), "caa")]
     spec = BackendSpec("vllm", str(tmp_path / "no-such-model"), str(tmp_path))
@@ -315,7 +315,7 @@ def test_cli_export_steered_errors_are_one_line(caa, tiny_model_dir, tmp_path, w
 
 
 def test_one_refusal_for_activation_methods_without_hooks():
-    from steer_eval.activation import unsupported_backend
+    from steer_eval.steering.activation import unsupported_backend
     assert unsupported_backend(["caa", "steering"], "hf", "fix") is None
     assert unsupported_backend(["prosv"], "simulate", "fix") is None
     assert unsupported_backend(["steering", "text"], "vllm", "fix") is None

@@ -4,15 +4,15 @@ import shutil
 
 import pytest
 
-from steer_eval import cli
-from steer_eval.assembly import assemble
+from steer_eval.cli import main as cli
+from steer_eval.steering.assembly import assemble
 from steer_eval.backends.hf import HFBackend
-from steer_eval.backends.spec import BackendSpec
+from steer_eval.runs.backend_spec import BackendSpec
 from steer_eval.errors import RunMismatchError, SettingError
-from steer_eval.generation import GenerationConfig, chat_template_options, split_reasoning
-from steer_eval.records import Request, read_records
-from steer_eval.runner import run
-from steer_eval.workers import evaluate
+from steer_eval.backends.generation import GenerationConfig, chat_template_options, split_reasoning
+from steer_eval.runs.records import Request, read_records
+from steer_eval.runs.runner import run
+from steer_eval.runs.workers import evaluate
 
 # Qwen3's switch, reduced to what matters: thinking off puts an empty reasoning block into the prompt.
 THINKING_TEMPLATE = (

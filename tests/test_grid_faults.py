@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from steer_eval.grid import build_grid
-from steer_eval.prompts import bundled_prompts
-from steer_eval.records import Request, read_rows
+from steer_eval.runs.grid import build_grid
+from steer_eval.scoring.prompts import bundled_prompts
+from steer_eval.runs.records import Request, read_rows
 
 pytestmark = pytest.mark.slow
 PROMPTS = 12
@@ -149,10 +149,10 @@ def test_a_model_that_fails_in_the_actors_is_one_clear_line(tmp_path):
 
 
 def test_a_chunk_that_keeps_killing_its_worker_ends_the_run_naming_it(tmp_path):
-    from steer_eval.backends.spec import BackendSpec
+    from steer_eval.runs.backend_spec import BackendSpec
     from steer_eval.errors import WorkerFailedError
-    from steer_eval.generation import GenerationConfig
-    from steer_eval.runner import run
+    from steer_eval.backends.generation import GenerationConfig
+    from steer_eval.runs.runner import run
 
     plan = build_grid(bundled_prompts("test")[:6], [1], ["text"], ["composition"], only=[["german"], ["french"]])
     poison = bundled_prompts("test")[3].id

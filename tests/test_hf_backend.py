@@ -1,7 +1,7 @@
 """HF backend mechanics on a tiny random Llama, checked against plain token-id computation."""
 import torch
 
-from steer_eval.generation import GenerationConfig
+from steer_eval.backends.generation import GenerationConfig
 
 PROMPTS = ["Why do cats purr?", "Describe a thunderstorm over the sea at night.", "Hi"]
 
@@ -79,7 +79,7 @@ def test_a_nan_token_file_is_refused_before_generation(tiny_model_dir, tiny_hf, 
     import pytest
 
     from steer_eval.backends.hf import HFBackend
-    from steer_eval.tokens import SteeringToken, TokenError, TokenStore
+    from steer_eval.steering.tokens import SteeringToken, TokenError, TokenStore
     TokenStore(tmp_path).save(SteeringToken("german", torch.full((64,), float("nan")), ("german",), tiny_hf.identity))
     backend = HFBackend(str(tiny_model_dir), tokens_dir=tmp_path)
     with pytest.raises(TokenError, match="'german' contains NaN"):

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from steer_eval import cli
-from steer_eval.backends.spec import BackendSpec
-from steer_eval.judge import ENV_BASE_URL, ENV_MODEL
+from steer_eval.cli import main as cli
+from steer_eval.runs.backend_spec import BackendSpec
+from steer_eval.judges.llm import ENV_BASE_URL, ENV_MODEL
 
 NON_UTF8 = '{"prompt": "Grüße", "prompt_id": "0"}\n'.encode("latin-1")
 HOSTILE = {
@@ -157,8 +157,8 @@ def test_a_model_without_a_chat_template_is_one_line_before_it_loads(tiny_model_
 
 def test_assembly_names_a_tokenizer_without_a_chat_template(tokenizer):
     import copy
-    from steer_eval.assembly import assemble
-    from steer_eval.behaviors import BehaviorError
+    from steer_eval.steering.assembly import assemble
+    from steer_eval.scoring.behaviors import BehaviorError
     bare = copy.deepcopy(tokenizer)
     bare.chat_template = None
     with pytest.raises(BehaviorError, match="has no chat template"):

@@ -19,10 +19,10 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 import pytest
 
-from steer_eval.cli import main
-from steer_eval.judge import (CACHE_FILE, RUBRIC_VERSION, JudgeConfig, JudgeError, MalformedReply, Redactor,
+from steer_eval.cli.main import main
+from steer_eval.judges.llm import (CACHE_FILE, RUBRIC_VERSION, JudgeConfig, JudgeError, MalformedReply, Redactor,
                               combined, judge_dir, judge_records, parse_reply, summarize)
-from steer_eval.records import Record, Request, append_records, read_rows
+from steer_eval.runs.records import Record, Request, append_records, read_rows
 
 FAKE_KEY = "sk-FAKE-7f3a9c-NEVER-PRINT-ME"
 RECORDS = [("p0", "What is the capital of France?", "The capital of France is Paris.", "steering"),

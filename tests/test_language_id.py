@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from steer_eval.verifiers import detect_language, is_language
+from steer_eval.scoring.verifiers import detect_language, is_language
 
 TARGETS = {"de", "es", "fr", "it", "pt"}
 TEXTS = [json.loads(line) for line in

@@ -156,8 +156,8 @@ def test_console_scripts_run_steering_and_stock_models_on_the_same_tasks(tiny_mo
     assert first["doc"]["behaviors"] == second["doc"]["behaviors"][::-1]  # both orders of one combination
     assert [first["doc"]["order_index"], second["doc"]["order_index"]] == [0, 1]
     assert first["control_method"] == "hybrid" and first["mode"] == "composition"
-    from steer_eval.scoring import SCORER_VERSION
-    from steer_eval.tokens import TokenStore
+    from steer_eval.scoring.verdict import SCORER_VERSION
+    from steer_eval.steering.tokens import TokenStore
     assert first["scorer"]["version"] == SCORER_VERSION
     assert [v["id"] for v in first["scorer"]["verifiers"]] == first["doc"]["behaviors"]
     store = TokenStore(tiny_token_dir_of(steering_args))

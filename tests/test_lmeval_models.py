@@ -5,13 +5,13 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from steer_eval.assembly import assemble, embed
+from steer_eval.steering.assembly import assemble, embed
 from steer_eval.backends.hf import HFBackend
-from steer_eval.behaviors import AND_TOKEN, BehaviorError
-from steer_eval.generation import GenerationConfig
+from steer_eval.scoring.behaviors import AND_TOKEN, BehaviorError
+from steer_eval.backends.generation import GenerationConfig
 from steer_eval.lmeval.models import ModelArgsError, SteeringHFLM
 from steer_eval.lmeval.tasks import compose_documents
-from steer_eval.tokens import TokenStore
+from steer_eval.steering.tokens import TokenStore
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_data_parallel_ray_actors_give_the_single_process_answers(tiny_model_dir
 
 
 def test_missing_tokens_fail_before_any_generation(tiny_model_dir, tmp_path):
-    from steer_eval.tokens import TokenError
+    from steer_eval.steering.tokens import TokenError
     empty = HFBackend(str(tiny_model_dir), tokens_dir=tmp_path, batch_size=4)
     lm = SteeringHFLM(backend=empty, control_method="steering")
     doc = compose_documents(2, "seen")[0]

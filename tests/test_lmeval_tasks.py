@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from steer_eval.assembly import assemble
-from steer_eval.behaviors import BEHAVIORS, compatible_combinations, is_seen_combination, resolve
+from steer_eval.steering.assembly import assemble
+from steer_eval.scoring.behaviors import BEHAVIORS, compatible_combinations, is_seen_combination, resolve
 from steer_eval.lmeval import tasks
-from steer_eval.prompts import bundled_prompts
+from steer_eval.scoring.prompts import bundled_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 import transformers
 
-from steer_eval.activation import Intervention
-from steer_eval.assembly import assemble, embed
+from steer_eval.steering.activation import Intervention
+from steer_eval.steering.assembly import assemble, embed
 from steer_eval.backends.hf import HFBackend
-from steer_eval.distillation import distillation_step
-from steer_eval.embedding_space import InputEmbeddings, UnsupportedModelError, measure_scale
-from steer_eval.generation import GenerationConfig
-from steer_eval.tokens import SteeringToken, TokenStore
+from steer_eval.training.distillation import distillation_step
+from steer_eval.steering.embedding_space import InputEmbeddings, UnsupportedModelError, measure_scale
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.steering.tokens import SteeringToken, TokenStore
 
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
              max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=2)
@@ -149,7 +149,7 @@ def test_the_trainer_starts_and_learns_in_the_steering_space(family, family_dirs
     import json
     trainer = _trainer()
     backend = family_backends[family]
-    from steer_eval.behaviors import get_behavior
+    from steer_eval.scoring.behaviors import get_behavior
     ids = backend.tokenizer.encode(get_behavior("german").instructions[0], add_special_tokens=False)
     module_rows = backend.model.get_input_embeddings()(torch.tensor(ids))
     assert torch.equal(trainer.semantic_init("german", backend.tokenizer, backend.embeddings),

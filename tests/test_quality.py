@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from steer_eval.quality import distinct_n, measure, repetition, words
-from steer_eval.records import Record, Request
-from steer_eval.report import group_summaries, markdown_table, plot
+from steer_eval.scoring.quality import distinct_n, measure, repetition, words
+from steer_eval.runs.records import Record, Request
+from steer_eval.report.tables import group_summaries, markdown_table, plot
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from steer_eval.records import Request, read_rows
+from steer_eval.runs.records import Request, read_rows
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

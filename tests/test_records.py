@@ -4,7 +4,7 @@ import json
 import pytest
 
 from steer_eval.errors import RecordFileError
-from steer_eval.records import Record, Request, append_records, load_records, read_records, read_rows
+from steer_eval.runs.records import Record, Request, append_records, load_records, read_records, read_rows
 
 
 def _record(index=0, **changes):

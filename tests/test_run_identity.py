@@ -6,16 +6,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from steer_eval import cli
-from steer_eval.backends.spec import BackendSpec
+from steer_eval.cli import main as cli
+from steer_eval.runs.backend_spec import BackendSpec
 from steer_eval.errors import RecordFileError, RunMismatchError
-from steer_eval.fluency import plan_scores
-from steer_eval.generation import GenerationConfig
-from steer_eval.models import weights_fingerprint
-from steer_eval.records import Request
-from steer_eval.run_identity import manifest_path
-from steer_eval.runner import RECORDS_FILE, run
-from steer_eval.tokens import embedding_fingerprint
+from steer_eval.judges.fluency import plan_scores
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.steering.models import weights_fingerprint
+from steer_eval.runs.records import Request
+from steer_eval.runs.identity import manifest_path
+from steer_eval.runs.runner import RECORDS_FILE, run
+from steer_eval.steering.tokens import embedding_fingerprint
 
 CONFIG = GenerationConfig(max_new_tokens=4)
 REQUESTS = [Request(str(i), prompt, ("german",), "text")

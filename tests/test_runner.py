@@ -5,15 +5,15 @@ import shutil
 import pytest
 import torch
 
-from steer_eval.backends.spec import BackendSpec
+from steer_eval.runs.backend_spec import BackendSpec
 from steer_eval.errors import RunMismatchError
-from steer_eval.generation import GenerationConfig
-from steer_eval.grid import build_grid
-from steer_eval.prompts import bundled_prompts
-from steer_eval.records import Request, read_rows
-from steer_eval.run_identity import manifest_path
-from steer_eval.runner import RECORDS_FILE, run
-from steer_eval.tokens import TokenError, TokenStore
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.runs.grid import build_grid
+from steer_eval.scoring.prompts import bundled_prompts
+from steer_eval.runs.records import Request, read_rows
+from steer_eval.runs.identity import manifest_path
+from steer_eval.runs.runner import RECORDS_FILE, run
+from steer_eval.steering.tokens import TokenError, TokenStore
 
 CONFIG = GenerationConfig(max_new_tokens=4)
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from steer_eval.backends.spec import BackendSpec
+from steer_eval.runs.backend_spec import BackendSpec
 from steer_eval.errors import UserError
-from steer_eval.generation import GenerationConfig
-from steer_eval.grid import build_grid
-from steer_eval.prompts import Prompt
-from steer_eval.records import Request, read_rows
-from steer_eval.runner import RECORDS_FILE, dry_run, run
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.runs.grid import build_grid
+from steer_eval.scoring.prompts import Prompt
+from steer_eval.runs.records import Request, read_rows
+from steer_eval.runs.runner import RECORDS_FILE, dry_run, run
 
 SIM = BackendSpec("simulate", "simulated")
 PROMPTS = [Prompt(f"p{i}", f"Prompt number {i}?") for i in range(4)]

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from steer_eval.scoring import verify
-from steer_eval.sentences import count_sentences, split_sentences
+from steer_eval.scoring.verdict import verify
+from steer_eval.scoring.sentences import count_sentences, split_sentences
 
 DATA = Path(__file__).parents[1] / "benchmarks" / "data"
 # sentence_cases_heldout.jsonl was written apart from the rules and first run once as a check (55/56; "No. No."

@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from steer_eval.behaviors import AND_TOKEN, BEHAVIORS
-from steer_eval.generation import GenerationConfig
-from steer_eval.prompts import bundled_prompts
-from steer_eval.scoring import verify
-from steer_eval.tokens import TokenStore, default_tokens_dir, load_vectors
+from steer_eval.scoring.behaviors import AND_TOKEN, BEHAVIORS
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.scoring.prompts import bundled_prompts
+from steer_eval.scoring.verdict import verify
+from steer_eval.steering.tokens import TokenStore, default_tokens_dir, load_vectors
 
 pytestmark = pytest.mark.e2e
 EVERY_BEHAVIOUR = {*BEHAVIORS, AND_TOKEN}  # every lm-eval task runs on the defaults
@@ -53,7 +53,7 @@ def test_shipped_baseline_vectors_load_for_this_model(default_hf):
 def test_the_steering_space_of_the_default_model_is_the_one_the_tokens_were_trained_in(default_hf):
     """Llama scales nothing in its embedding module: the shipped tokens' embedding fingerprint is the model's, and the
     inputs_embeds of today's assembly are bit for bit the raw weight rows the tokens were trained against."""
-    from steer_eval.assembly import embed
+    from steer_eval.steering.assembly import embed
     store = TokenStore(default_tokens_dir("SmolLM2-135M-Instruct"))
     assert default_hf.embeddings.scale == 1.0
     vectors = load_vectors(store, ["german", AND_TOKEN, "words_10_50"], default_hf.identity)

@@ -66,9 +66,9 @@ def lm_eval(*args: str, cwd: Path) -> tuple[dict[int, dict], dict]:
 
 @pytest.mark.slow
 def test_stock_steered_model_on_prompt_only_tasks_equals_steering_hf_caa(tiny_hf, tiny_model_dir, tmp_path):
-    from steer_eval.caa import caa_token, export_steered
-    from steer_eval.generation import GenerationConfig
-    from steer_eval.tokens import TokenStore
+    from steer_eval.training.caa import caa_token, export_steered
+    from steer_eval.backends.generation import GenerationConfig
+    from steer_eval.steering.tokens import TokenStore
 
     store = TokenStore(tmp_path / "tokens")
     vector = torch.randn(64, generator=torch.Generator().manual_seed(0))

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from steer_eval.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore, embedding_fingerprint, load_vectors
+from steer_eval.steering.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore, embedding_fingerprint, load_vectors
 
 
 def identity(seed=0, hidden=8, name="model-a"):

@@ -79,7 +79,7 @@ def test_model_weights_never_change(behaviour_run, tiny_model_dir):
 
 
 def test_tokens_are_saved_with_their_config(behaviour_run):
-    from steer_eval.tokens import TokenStore
+    from steer_eval.steering.tokens import TokenStore
     config, result = behaviour_run
     store = TokenStore(config.tokens_dir)
     assert store.names() == ["spanish", "words_10_50"]
@@ -89,7 +89,7 @@ def test_tokens_are_saved_with_their_config(behaviour_run):
 
 
 def test_semantic_init_is_the_mean_instruction_embedding(tiny_hf):
-    from steer_eval.behaviors import get_behavior
+    from steer_eval.scoring.behaviors import get_behavior
     ids = tiny_hf.tokenizer.encode(get_behavior("german").instructions[0], add_special_tokens=False)
     expected = torch.stack([tiny_hf.embedding_weight[i] for i in ids]).mean(0)
     assert torch.allclose(trainer.semantic_init("german", tiny_hf.tokenizer, tiny_hf.embeddings), expected)
@@ -112,7 +112,7 @@ def test_and_stage_changes_only_and(behaviour_run, tiny_model_dir, data, tmp_pat
 
 
 def test_and_starts_at_zero(tiny_hf, data, behaviour_run):
-    from steer_eval.tokens import TokenStore
+    from steer_eval.steering.tokens import TokenStore
     config, _ = behaviour_run
     records = trainer.load_records([data["pairs"]])
     examples = trainer.make_examples(records, tiny_hf.tokenizer, "and", 32)
@@ -207,7 +207,7 @@ class _RunsCode:
 
 def _manifest(out_dir, **config):
     """run.json of a run of these settings that has not yet taken a step (as the trainer writes it)."""
-    from steer_eval.training_run import RunFolder, TrainingIdentity
+    from steer_eval.training.run_folder import RunFolder, TrainingIdentity
     settings = {**dataclasses.asdict(trainer.TrainConfig(model="m", data=["d.json"])), **config}
     RunFolder(out_dir, "train.py").start(TrainingIdentity.of("train.py", settings, [], "fingerprint"), restart=False)
 

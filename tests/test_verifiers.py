@@ -5,7 +5,7 @@ from unittest import mock
 
 import pytest
 
-from steer_eval.verifiers import (
+from steer_eval.scoring.verifiers import (
     VERIFIERS,
     count_sentences,
     count_words,

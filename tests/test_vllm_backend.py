@@ -6,10 +6,10 @@ Default-model tests come first and tiny-model tests last, so each engine starts 
 import pytest
 import torch
 
-from steer_eval.behaviors import AND_TOKEN, get_behavior
-from steer_eval.generation import GenerationConfig
-from steer_eval.prompts import bundled_prompts
-from steer_eval.tokens import TokenError
+from steer_eval.scoring.behaviors import AND_TOKEN, get_behavior
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.scoring.prompts import bundled_prompts
+from steer_eval.steering.tokens import TokenError
 
 pytestmark = pytest.mark.vllm
 

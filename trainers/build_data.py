@@ -1,4 +1,4 @@
-"""Teacher data for the trainer (steer_eval.teacher): the frozen model's responses to prompts with an instruction.
+"""Teacher data for the trainer (steer_eval.training.teacher): the frozen model's responses to prompts with an instruction.
 
 Every generation is a record in `<out_dir>/records_<split>.jsonl` (with its manifest; an interrupted run resumes
 where it stopped); the training files `<out_dir>/<category>/<behaviour>_<split>.json` and
@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without an install too
-from steer_eval.backends.spec import BackendSpec  # noqa: E402
+from steer_eval.runs.backend_spec import BackendSpec  # noqa: E402
 from steer_eval.errors import UserError  # noqa: E402
-from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig, chat_template_options  # noqa: E402
-from steer_eval.models import DEFAULT_MODEL  # noqa: E402
+from steer_eval.backends.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig, chat_template_options  # noqa: E402
+from steer_eval.steering.embedded import DEFAULT_MODEL  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -43,7 +43,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    from steer_eval.teacher import build
+    from steer_eval.training.teacher import build
 
     args = parse_args(argv)
     try:

@@ -1,5 +1,5 @@
 """CAA baseline: contrastive vectors for each behaviour, a layer x multiplier sweep on the val split, and the chosen
-vectors saved to the token store as caa/<behaviour> (steer_eval/caa.py has the method).
+vectors saved to the token store as caa/<behaviour> (steer_eval/training/caa.py has the method).
 
     python trainers/caa.py --behaviors german words_10_50 --layers 4 8 12 16 20 --multipliers 2 4 8 \
         --report results/baselines/caa_sweep
@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/caa.py` from a checkout
-from steer_eval.caa import caa_token, contrastive_means  # noqa: E402
+from steer_eval.training.caa import caa_token, contrastive_means  # noqa: E402
 from steer_eval.errors import UserError  # noqa: E402
-from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig  # noqa: E402
-from steer_eval.models import DEFAULT_MODEL  # noqa: E402
-from steer_eval.prompts import bundled_prompts  # noqa: E402
+from steer_eval.backends.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig  # noqa: E402
+from steer_eval.steering.embedded import DEFAULT_MODEL  # noqa: E402
+from steer_eval.scoring.prompts import bundled_prompts  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -42,8 +42,8 @@ def parse_args(argv=None):
 
 def sweep(backend, means, behaviors, layers, multipliers, prompts, config) -> list[dict]:
     """One row per (layer, multiplier): accuracy and mean repetition per behaviour on the sweep prompts."""
-    from steer_eval.quality import measure
-    from steer_eval.scoring import verify
+    from steer_eval.scoring.quality import measure
+    from steer_eval.scoring.verdict import verify
 
     rows = []
     for layer in layers:
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         from steer_eval.backends.hf import HFBackend
-        from steer_eval.behaviors import get_behavior
+        from steer_eval.scoring.behaviors import get_behavior
 
         behaviors = [get_behavior(b).id for b in dict.fromkeys(args.behaviors)]
         backend = HFBackend(args.model, tokens_dir=args.tokens_dir, dtype=args.dtype, batch_size=args.batch_size)

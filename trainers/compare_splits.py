@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without an install too
-from steer_eval.behaviors import BEHAVIORS  # noqa: E402
-from steer_eval.records import iter_records, rejudge  # noqa: E402
-from steer_eval.token_eval import accuracy  # noqa: E402
+from steer_eval.scoring.behaviors import BEHAVIORS  # noqa: E402
+from steer_eval.runs.records import iter_records, rejudge  # noqa: E402
+from steer_eval.training.token_eval import accuracy  # noqa: E402
 
 
 def column(folder: str, method: str) -> dict:

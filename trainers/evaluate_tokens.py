@@ -1,4 +1,4 @@
-"""Held-out evaluation of steering tokens (steer_eval.token_eval): text vs steering vs hybrid per behaviour, and
+"""Held-out evaluation of steering tokens (steer_eval.training.token_eval): text vs steering vs hybrid per behaviour, and
 for 2-behaviour compositions composition vs concatenation vs native_and vs text in both orders.
 
     # generate (GPU or CPU) through the one runner: <out_dir>/records.jsonl with its manifest, resumable
@@ -15,17 +15,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without an install too
 from steer_eval.errors import UserError  # noqa: E402
-from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
-from steer_eval.models import DEFAULT_MODEL  # noqa: E402
-from steer_eval.token_eval import PAIR_CONDITIONS, SINGLE_METHODS, summarize  # noqa: E402
+from steer_eval.backends.generation import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
+from steer_eval.steering.embedded import DEFAULT_MODEL  # noqa: E402
+from steer_eval.training.token_eval import PAIR_CONDITIONS, SINGLE_METHODS, summarize  # noqa: E402
 
 
 def generate(args) -> None:
-    from steer_eval.backends.spec import BackendSpec
-    from steer_eval.generation import GenerationConfig, chat_template_options
-    from steer_eval.prompts import load_prompts
-    from steer_eval.runner import RECORDS_FILE, run
-    from steer_eval.token_eval import plan
+    from steer_eval.runs.backend_spec import BackendSpec
+    from steer_eval.backends.generation import GenerationConfig, chat_template_options
+    from steer_eval.scoring.prompts import load_prompts
+    from steer_eval.runs.runner import RECORDS_FILE, run
+    from steer_eval.training.token_eval import plan
 
     pair_conditions = [c for c in PAIR_CONDITIONS if "/".join(c) in args.pair_conditions]
     requests = plan(load_prompts(args.prompts, args.split), args.singles, [tuple(p.split("+")) for p in args.pairs],

@@ -46,7 +46,7 @@ fi
 
 PAIRS="$($PY - $SHIPPED <<'EOF'
 import sys
-from steer_eval.behaviors import compatible_combinations, get_behavior
+from steer_eval.scoring.behaviors import compatible_combinations, get_behavior
 print(" ".join("+".join(b.id for b in c) for c in compatible_combinations(2, [get_behavior(b) for b in sys.argv[1:]])))
 EOF
 )"

@@ -18,8 +18,9 @@ if [ ! -f "$MODEL/model.safetensors" ]; then
 import shutil, sys
 from pathlib import Path
 import torch
-from steer_eval.models import EMBEDDED_MODELS, _convert, _sha256, load_model
-from steer_eval.tokens import ModelIdentity
+from steer_eval.steering.embedded import EMBEDDED_MODELS, _convert
+from steer_eval.steering.models import _sha256, load_model
+from steer_eval.steering.tokens import ModelIdentity
 spec = EMBEDDED_MODELS["smollm2-135m"]
 gguf = Path("/root/cache/SmolLM2-135M-Instruct.Q4_1.gguf")
 assert _sha256(gguf) == spec.gguf_sha256, "GGUF pieces do not join to the published file"

@@ -47,7 +47,7 @@ EOF
   mark select
 fi
 SHIPPED="$(cat "$W/shipped.txt")"
-SEEN="$($PY -c "import sys; from steer_eval.behaviors import get_behavior as g; print(' '.join(b for b in sys.argv[1:] if not g(b).unseen))" $SHIPPED)"
+SEEN="$($PY -c "import sys; from steer_eval.scoring.behaviors import get_behavior as g; print(' '.join(b for b in sys.argv[1:] if not g(b).unseen))" $SHIPPED)"
 echo "shipped: $SHIPPED | seen: $SEEN"
 
 if stage data_singles; then
@@ -88,7 +88,7 @@ fi
 
 PAIRS="${PAIRS:-$($PY - $SHIPPED <<'EOF'
 import sys
-from steer_eval.behaviors import compatible_combinations, get_behavior
+from steer_eval.scoring.behaviors import compatible_combinations, get_behavior
 shipped = [get_behavior(b) for b in sys.argv[1:]]
 print(" ".join("+".join(b.id for b in combo) for combo in compatible_combinations(2, shipped)))
 EOF

@@ -44,7 +44,7 @@ fi
 if stage data_more; then
   $PY - "$W/more_prompts.jsonl" <<'EOF'
 import json, sys
-from steer_eval.prompts import bundled_prompts
+from steer_eval.scoring.prompts import bundled_prompts
 with open(sys.argv[1], "w") as out:
     for p in bundled_prompts("train")[400:]:
         out.write(json.dumps({"id": p.id, "prompt": p.prompt}) + "\n")

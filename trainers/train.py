@@ -7,14 +7,14 @@ so the frozen model reading `prompt <b>` matches the same model reading `prompt 
 per example) on the teacher's response: KL(teacher || student) at temperature T, times T^2, over response tokens.
 Stage `and`: behaviour vectors frozen (loaded from the token store), `<and>` zero-initialised and trained on pairs
 `prompt <b1><and><b2>`, plus lambda_orth * sum_b cos(e_and, e_b)^2. The model pass and the loss are
-`steer_eval.distillation.distillation_step` (packed on the host, length-grouped, logits in chunks, on a GPU the
+`steer_eval.training.distillation.distillation_step` (packed on the host, length-grouped, logits in chunks, on a GPU the
 decoder as CUDA graphs).
 
     python trainers/train.py --stage behaviour --data data/language/german_train.json --lr 3e-3
     torchrun --standalone --nproc-per-node=2 trainers/train.py ...   # data parallel (gloo on CPU, nccl on GPU)
     python trainers/train.py --out_dir runs/german --resume          # continue exactly where it stopped
 
-The out_dir is one run (rules: `steer_eval.training_run`). Before the first step `run.json` records a run id, the
+The out_dir is one run (rules: `steer_eval.training.run_folder`). Before the first step `run.json` records a run id, the
 settings (but resume, restart, stop_after, device, cuda_graphs), the SHA-256 of the data files and the model's weights
 fingerprint; checkpoints carry the run id. Another run, or a finished one, in the out_dir is refused in one line;
 `--restart` moves its files into `replaced-<date>/`; `--resume` continues the folder's own run (from step 0 if it was
@@ -38,20 +38,20 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/train.py` from a checkout
-from steer_eval.assembly import assemble  # noqa: E402
-from steer_eval.behaviors import AND_TOKEN, get_behavior  # noqa: E402
-from steer_eval.decoder_graphs import DecoderGraphs  # noqa: E402
-from steer_eval.distillation import (distillation_step, training_dtype, training_graphs,  # noqa: E402
+from steer_eval.steering.assembly import assemble  # noqa: E402
+from steer_eval.scoring.behaviors import AND_TOKEN, get_behavior  # noqa: E402
+from steer_eval.training.decoder_graphs import DecoderGraphs  # noqa: E402
+from steer_eval.training.distillation import (distillation_step, training_dtype, training_graphs,  # noqa: E402
                                      training_group_size)
-from steer_eval.embedding_space import InputEmbeddings  # noqa: E402
+from steer_eval.steering.embedding_space import InputEmbeddings  # noqa: E402
 from steer_eval.errors import SettingError, UserError  # noqa: E402
-from steer_eval.generation import chat_template_options  # noqa: E402
-from steer_eval.models import load_model, model_label, weights_fingerprint  # noqa: E402
-from steer_eval.tokens import ModelIdentity, SteeringToken, TokenStore, default_tokens_dir  # noqa: E402
-from steer_eval.training_run import (VOLATILE, RunFolder, TrainingIdentity, TrainingInputError,  # noqa: E402
+from steer_eval.backends.generation import chat_template_options  # noqa: E402
+from steer_eval.steering.models import load_model, model_label, weights_fingerprint  # noqa: E402
+from steer_eval.steering.tokens import ModelIdentity, SteeringToken, TokenStore, default_tokens_dir  # noqa: E402
+from steer_eval.training.run_folder import (VOLATILE, RunFolder, TrainingIdentity, TrainingInputError,  # noqa: E402
                                      check_checkpoint_state, read_training_data, restore_checkpoint, restore_config,
                                      save_checkpoint, short, token_fingerprints)
-from steer_eval import training_run  # noqa: E402
+from steer_eval.training import run_folder as training_run  # noqa: E402
 
 TRAINER = "train.py"
 
@@ -148,7 +148,7 @@ def fail(message: str):
 # ----------------------------------------------------------------------------- data
 
 def load_records(paths, stage=None) -> list[dict]:
-    """Records of JSON/JSONL files, each field checked (`steer_eval.training_run`); a bad file exits 2 in one line."""
+    """Records of JSON/JSONL files, each field checked (`steer_eval.training.run_folder`); a bad file exits 2 in one line."""
     try:
         return training_run.load_records(paths, stage)
     except UserError as error:
@@ -224,7 +224,7 @@ def initial_vectors(stage, examples, tokenizer, embeddings: InputEmbeddings, sto
 # ----------------------------------------------------------------------------- checkpoints
 
 # Checkpoints (`<out_dir>/ckpt.pt`: run id, config, step, vectors, optimiser, schedule, RNG states, log position)
-# are written and read by steer_eval.training_run: save_checkpoint, RunFolder.read_checkpoint, restore_checkpoint.
+# are written and read by steer_eval.training.run_folder: save_checkpoint, RunFolder.read_checkpoint, restore_checkpoint.
 
 def resumed_config(argv=None) -> tuple[TrainConfig, Optional[dict]]:
     """The command line's config; with --resume, the out_dir's run's own (from run.json) and its checkpoint, or None

@@ -10,7 +10,7 @@ residual stream at the end of the prompt.
 
     python trainers/train_prosv.py --data data/*/german_train.json --layer 10 --out_dir runs/prosv
 
-The out_dir is a run as train.py's (`steer_eval.training_run`): `run.json` names its settings, data and model before
+The out_dir is a run as train.py's (`steer_eval.training.run_folder`): `run.json` names its settings, data and model before
 the first step; a finished run or another run in the out_dir is refused, `--restart` moves it into
 `replaced-<date>/` first. There are no checkpoints: an interrupted run starts again from the beginning.
 """
@@ -26,14 +26,14 @@ import torch
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/train_prosv.py` from a checkout
-from steer_eval.activation import Intervention, added_to_layers, check_layer, decoder_layers, vector_name  # noqa: E402
-from steer_eval.assembly import assemble  # noqa: E402
-from steer_eval.behaviors import get_behavior  # noqa: E402
-from steer_eval.distillation import distillation_step, training_dtype, training_group_size  # noqa: E402
+from steer_eval.steering.activation import Intervention, added_to_layers, check_layer, decoder_layers, vector_name  # noqa: E402
+from steer_eval.steering.assembly import assemble  # noqa: E402
+from steer_eval.scoring.behaviors import get_behavior  # noqa: E402
+from steer_eval.training.distillation import distillation_step, training_dtype, training_group_size  # noqa: E402
 from steer_eval.errors import UserError  # noqa: E402
-from steer_eval.models import load_model, model_label, weights_fingerprint  # noqa: E402
-from steer_eval.tokens import ModelIdentity, SteeringToken, TokenStore, default_tokens_dir  # noqa: E402
-from steer_eval.training_run import (RunFolder, TrainingIdentity, check_tokens_free,  # noqa: E402
+from steer_eval.steering.models import load_model, model_label, weights_fingerprint  # noqa: E402
+from steer_eval.steering.tokens import ModelIdentity, SteeringToken, TokenStore, default_tokens_dir  # noqa: E402
+from steer_eval.training.run_folder import (RunFolder, TrainingIdentity, check_tokens_free,  # noqa: E402
                                      read_training_data)
 
 TRAINER = "train_prosv.py"

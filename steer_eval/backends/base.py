@@ -7,12 +7,12 @@ from typing import Sequence
 
 import torch
 
-from steer_eval.activation import unsupported_backend
-from steer_eval.assembly import AssembledPrompt, assemble
-from steer_eval.embedding_space import InputEmbeddings
-from steer_eval.generation import GenerationConfig
-from steer_eval.models import model_label, weights_fingerprint
-from steer_eval.tokens import ModelIdentity, TokenError, TokenStore, default_tokens_dir, load_vectors
+from steer_eval.steering.activation import unsupported_backend
+from steer_eval.steering.assembly import AssembledPrompt, assemble
+from steer_eval.steering.embedding_space import InputEmbeddings
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.steering.models import model_label, weights_fingerprint
+from steer_eval.steering.tokens import ModelIdentity, TokenError, TokenStore, default_tokens_dir, load_vectors
 
 
 def check_vector(name: str, vector: torch.Tensor, hidden_size: int) -> None:

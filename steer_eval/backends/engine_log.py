@@ -15,7 +15,7 @@ STDERR = "-"
 
 
 def default_engine_log() -> Path:
-    from steer_eval.models import home
+    from steer_eval.steering.model_store import home
     return home() / "logs" / "vllm-engine.log"
 
 

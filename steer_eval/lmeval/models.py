@@ -16,18 +16,21 @@ from collections import defaultdict
 from lm_eval.api.model import LM
 from lm_eval.utils import simple_parse_args_string
 
-from steer_eval.activation import unsupported_backend
-from steer_eval.assembly import CONTROL_METHODS, MODES, AssembledPrompt, assemble, parse_steering
-from steer_eval.backends.spec import DEFAULT_HF_BATCH_SIZE, BackendSpec
+from steer_eval.steering.activation import unsupported_backend
+from steer_eval.steering.assembly import CONTROL_METHODS, MODES, AssembledPrompt, assemble, parse_steering
+from steer_eval.backends.generation import DEFAULT_HF_BATCH_SIZE
+from steer_eval.runs.backend_spec import BackendSpec
 from steer_eval import __version__
-from steer_eval.behaviors import AND_TOKEN, BehaviorError, resolve
+from steer_eval.scoring.behaviors import AND_TOKEN, BehaviorError, resolve
 from steer_eval.errors import UserError
-from steer_eval.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig, chat_template_options, split_reasoning
+from steer_eval.backends.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig, chat_template_options, split_reasoning
 from steer_eval.lmeval.tasks import SteeredResponse
-from steer_eval.models import DEFAULT_MODEL, ModelError, model_label, resolve_model_path
-from steer_eval.scoring import SCORER_VERSION
-from steer_eval.workers import BackendPool
-from steer_eval.tokens import TokenError, TokenStore, default_tokens_dir
+from steer_eval.steering.embedded import DEFAULT_MODEL
+from steer_eval.steering.model_store import ModelError
+from steer_eval.steering.models import model_label, resolve_model_path
+from steer_eval.scoring.verdict import SCORER_VERSION
+from steer_eval.runs.workers import BackendPool
+from steer_eval.steering.tokens import TokenError, TokenStore, default_tokens_dir
 
 log = logging.getLogger(__name__)
 COMMON_ARGS = ("pretrained", "tokens_dir", "control_method", "mode", "steering", "max_gen_toks", "seed",

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from statistics import mean
 from typing import Iterable, Mapping, Sequence
 
-from steer_eval.analysis import combination_key, summarize
-from steer_eval.assembly import choose_paraphrase, join_instructions
-from steer_eval.behaviors import (
+from steer_eval.report.analysis import combination_key, summarize
+from steer_eval.steering.assembly import choose_paraphrase, join_instructions
+from steer_eval.scoring.behaviors import (
     BEHAVIORS,
     CATEGORIES,
     Behavior,
@@ -33,9 +33,9 @@ from steer_eval.behaviors import (
     is_seen_combination,
 )
 from steer_eval.errors import SettingError
-from steer_eval.prompts import Prompt, bundled_prompts
-from steer_eval.quality import measure
-from steer_eval.scoring import scorer_spec, verify
+from steer_eval.scoring.prompts import Prompt, bundled_prompts
+from steer_eval.scoring.quality import measure
+from steer_eval.scoring.verdict import scorer_spec, verify
 
 PARAPHRASE_SEED = 0
 SPLITS = ("seen", "unseen")
@@ -168,7 +168,7 @@ def mean_where_applicable(values: Iterable[float | None]) -> float:
 
 
 def order_variance(outcomes: Iterable[Mapping]) -> float:
-    """Δmax averaged over combinations, on complete order sets (steer_eval.analysis); NaN where none is complete."""
+    """Δmax averaged over combinations, on complete order sets (steer_eval.report.analysis); NaN where none is complete."""
     value = summarize(list(outcomes))["all"].get("order_variance")
     return math.nan if value is None else value
 

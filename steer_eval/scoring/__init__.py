@@ -1,0 +1,1 @@
+"""Behaviours as data and the pure functions that judge a response against them."""
