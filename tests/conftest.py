@@ -124,3 +124,16 @@ def vllm_tiny(vllm_engines, tiny_model_dir, tmp_path_factory):
     return vllm_engines.activate("tiny", lambda: VLLMBackend(
         str(tiny_model_dir), tokens_dir=tmp_path_factory.mktemp("tiny-vllm-tokens"), max_model_len=512,
         **VLLM_TEST_SETTINGS))
+
+
+@pytest.fixture(autouse=True)
+def package_log_as_a_library():
+    """Each test starts with the package logging as a library does (to the root logger, where caplog reads it);
+    a command run in-process shows it on stderr only for its own call."""
+    import logging
+    logger = logging.getLogger("steer_eval")
+    yield
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True

@@ -55,14 +55,14 @@ def test_append_and_read_back(tmp_path):
 
 
 @pytest.mark.parametrize("cut", [1, 25, -1])
-def test_a_last_line_cut_short_is_reported_ignored_and_removed_on_append(tmp_path, capsys, cut):
+def test_a_last_line_cut_short_is_reported_ignored_and_removed_on_append(tmp_path, caplog, cut):
     path = tmp_path / "r.jsonl"
     append_records(path, [_record(0), _record(1)])
     text = path.read_bytes()
     lines = text.splitlines(keepends=True)
     path.write_bytes(lines[0] + lines[1][:cut if cut > 0 else len(lines[1]) - 2])
     assert [r.prompt_id for r in read_records(path)] == ["p0"]
-    assert "cut short" in capsys.readouterr().err
+    assert "cut short" in caplog.text
     append_records(path, [_record(2)])
     assert [r.prompt_id for r in read_records(path)] == ["p0", "p2"]
     assert path.read_bytes().count(b"\n") == 2

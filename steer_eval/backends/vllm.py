@@ -13,7 +13,7 @@ Two duties come with it, both done inside the engine by `SteeringRowsWorker`:
 from __future__ import annotations
 
 import gc
-import sys
+import logging
 from typing import Sequence
 
 import torch
@@ -26,6 +26,8 @@ from steer_eval.steering.embedding_space import InputEmbeddings, scale_from_conf
 from steer_eval.errors import PromptTooLongError
 from steer_eval.backends.generation import GenerationConfig
 from steer_eval.steering.models import read_input_embeddings, resolve_model_path
+
+logger = logging.getLogger(__name__)
 
 WORKER_EXTENSION = f"{__name__}.SteeringRowsWorker"
 CPU_KV_CACHE_BYTES = 2 * 1024 ** 3  # vLLM-CPU otherwise reserves a fraction of the (shared) machine's RAM
@@ -90,7 +92,7 @@ class VLLMBackend(SteeringBackend):
         """`engine_log`: a file for vLLM's own log lines ("-": stderr; default: <STEER_EVAL_HOME>/logs/)."""
         from transformers import AutoTokenizer
         self.engine_log = route_vllm_logs(default_engine_log() if engine_log is None else engine_log)
-        print(f"steer-eval: vLLM engine log: {self.engine_log}", file=sys.stderr)
+        logger.info(f"vLLM engine log: {self.engine_log}")
         source = resolve_model_path(model_spec)
         self.extended = extended_model(source, spare_rows)
         tokenizer = AutoTokenizer.from_pretrained(source)

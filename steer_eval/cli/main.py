@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -20,6 +21,7 @@ from steer_eval.cli import reports as cli_reports
 from steer_eval.scoring.behaviors import AND_TOKEN, BEHAVIORS
 from steer_eval.cli.types import non_negative, positive
 from steer_eval.errors import UserError, WorkerFailedError
+from steer_eval.log import show_on_stderr
 from steer_eval.backends.generation import DEFAULT_MAX_NEW_TOKENS, chat_template_options
 from steer_eval.steering.embedded import DEFAULT_MODEL
 
@@ -138,7 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--output", default=None,
                        help="scores file (default: beside the records, <name>.fluency; analyze reads it)")
     _add_generation_options(score, backend_default="hf", backends=("hf", "vllm"))
+    _add_log_options(parser)
     return parser
+
+
+def _add_log_options(parser: argparse.ArgumentParser) -> None:
+    """-q / -v on every command, before or after its name: what the package logs on stderr (stdout is results)."""
+    levels = parser.add_mutually_exclusive_group()
+    levels.add_argument("-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING,
+                        default=argparse.SUPPRESS, help="only warnings and errors on stderr")
+    levels.add_argument("-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG,
+                        default=argparse.SUPPRESS, help="also debugging detail on stderr")
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        for command in dict.fromkeys(action.choices.values()):
+            _add_log_options(command)
 
 
 def _backend_spec(args, model: str):
@@ -230,8 +245,8 @@ def _infer(args) -> int:
                            f"{record.response[:80]!r}", file=sys.stderr)
 
     spec = _backend_spec(args, args.model_path)
-    records = run_requests(requests, spec, _generation_config(args), args.output, progress=not args.silent,
-                           restart=args.restart, on_records=show).records()
+    records = run_requests(requests, spec, _generation_config(args), args.output,
+                           progress=not args.silent and _chatty(args), restart=args.restart, on_records=show).records()
     summary = {"behaviors": behaviors, "control_method": args.control_method, "mode": mode,
                "backend": spec.backend, "model": spec.model, "n": len(records), **behavior_accuracy(records)}
     print(json.dumps(summary, indent=2))
@@ -259,8 +274,8 @@ def _grid(args) -> int:
         print(_plan_text(plan, dry_run(plan, spec, output, args.actors)))
         return 0
     result = run_requests(plan, spec, _generation_config(args), output, actors=args.actors, address=args.address,
-                          chunk_size=args.chunk_size, restart=args.restart)
-    if args.actors and result.per_node:
+                          chunk_size=args.chunk_size, restart=args.restart, progress=_chatty(args))
+    if args.actors and result.per_node and _chatty(args):
         print("evaluations per Ray node: " + ", ".join(f"{node[:12]} {count}" for node, count in
                                                        sorted(result.per_node.items())), file=sys.stderr)
     print(markdown_table(group_summaries(read_records(output))))
@@ -303,7 +318,7 @@ def _score(args) -> int:
     model = args.model or next((r.model for r in plan.todo if r.model), DEFAULT_MODEL)
     backend = _backend_spec(args, model).build()
     try:
-        path = score_records(args.records, backend, batch_size=args.batch_size, plan=plan)
+        path = score_records(args.records, backend, batch_size=args.batch_size, plan=plan, progress=_chatty(args))
     finally:
         backend.shutdown()
     print(f"fluency scores written to {path}; `steer-eval analyze {args.records}` shows them", file=sys.stderr)
@@ -314,8 +329,14 @@ def _interrupted(signum, frame):
     raise KeyboardInterrupt  # so SIGTERM (a scheduler's stop) cleans up like Ctrl-C: workers and Ray shut down
 
 
+def _chatty(args) -> bool:
+    """Progress bars and notes on stderr, unless -q."""
+    return getattr(args, "log_level", logging.INFO) <= logging.INFO
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_on_stderr(getattr(args, "log_level", logging.INFO))
     signal.signal(signal.SIGTERM, _interrupted)
     try:
         return run(args)

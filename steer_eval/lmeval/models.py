@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import sys
 from collections import defaultdict
 
 from lm_eval.api.model import LM
@@ -23,6 +22,7 @@ from steer_eval.runs.backend_spec import BackendSpec
 from steer_eval import __version__
 from steer_eval.scoring.behaviors import AND_TOKEN, BehaviorError, resolve
 from steer_eval.errors import UserError
+from steer_eval.log import show_on_stderr
 from steer_eval.backends.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig, chat_template_options, split_reasoning
 from steer_eval.lmeval.tasks import SteeredResponse
 from steer_eval.steering.embedded import DEFAULT_MODEL
@@ -32,7 +32,7 @@ from steer_eval.scoring.verdict import SCORER_VERSION
 from steer_eval.runs.workers import BackendPool
 from steer_eval.steering.tokens import TokenError, TokenStore, default_tokens_dir
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 COMMON_ARGS = ("pretrained", "tokens_dir", "control_method", "mode", "steering", "max_gen_toks", "seed",
                "data_parallel_size", "max_length", "enable_thinking", "chat_template_kwargs")
 
@@ -101,6 +101,7 @@ class SteeringLM(LM):
         `enable_thinking` (as lm-eval's own hf and vllm classes take it) and `chat_template_kwargs` (a JSON object)
         go to the chat template."""
         super().__init__()
+        show_on_stderr(logging.getLogger("lm_eval").getEffectiveLevel(), unless_configured=True)
         if control_method not in CONTROL_METHODS:
             raise BehaviorError(f"unknown control_method {control_method!r}; choose one of {', '.join(CONTROL_METHODS)}")
         refusal = unsupported_backend([control_method], self.backend_name, "use --model steering_hf")
@@ -133,7 +134,7 @@ class SteeringLM(LM):
         self.max_length = _number("max_length", max_length) if max_length else self._model_context_length()
         self._rendered_chats: dict[str, list[dict]] = {}
         self._fingerprints: dict[str, str] = {}
-        print(f"steer-eval: {self.describe()}", file=sys.stderr)
+        logger.info(self.describe())
 
     def model_info(self) -> dict:
         """How this run steers: printed at start and stored in the results JSON's config (get_model_info)."""
@@ -231,7 +232,7 @@ class SteeringLM(LM):
             temperature = 1.0  # sampling asked for without a temperature: the model's plain distribution
         top_p = float(kwargs.pop("top_p", 1.0))
         if kwargs:
-            log.warning("steering models ignore these generation kwargs: %s", sorted(kwargs))
+            logger.warning("steering models ignore these generation kwargs: %s", sorted(kwargs))
         return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                 seed=self.seed, stop=tuple(until))
 
@@ -332,7 +333,7 @@ class SteeringHFLM(SteeringLM):
         if device and str(device).startswith("cuda"):
             import torch
             if not torch.cuda.is_available():  # lm-eval's --device defaults to cuda; fall back as its hf class does
-                log.warning("device %s is not available; using cpu", device)
+                logger.warning("device %s is not available; using cpu", device)
                 device = "cpu"
         return {"device": device, "dtype": dtype, "batch_size": _batch_size(batch_size)}
 

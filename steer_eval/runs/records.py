@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
-import sys
 import tarfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +21,8 @@ import orjson
 
 from steer_eval.errors import RecordFileError, brief
 from steer_eval.scoring.verdict import SCORER_NAME, SCORER_VERSION, scorer_spec, verify
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -174,10 +176,6 @@ _RECORD_FIELDS = frozenset({"id", "prompt_id", "prompt", "behaviors", "control_m
 
 # --- JSONL files ------------------------------------------------------------------------------------------------
 
-def _warn(message: str) -> None:
-    print(f"steer-eval: warning: {message}", file=sys.stderr)
-
-
 def _complete_lines(lines: Iterable[bytes], source: str) -> Iterator[str]:
     """Lines that were written whole; a last line without its newline is cut short unless it is a JSON object."""
     for number, line in enumerate(lines, start=1):
@@ -195,7 +193,7 @@ def _complete_lines(lines: Iterable[bytes], source: str) -> Iterator[str]:
         if complete:
             yield line.decode("utf-8")
         elif _cut_short(line):
-            _warn(f"{source}: the last line (line {number}) was cut short, probably by a crash while writing; "
+            logger.warning(f"{source}: the last line (line {number}) was cut short, probably by a crash while writing; "
                   "it is ignored and its evaluation will run again")
         else:
             raise RecordFileError(f"{source} line {number} is not a JSON record (nor one cut short by a crash); "
@@ -322,7 +320,7 @@ def repair_tail(path: Path) -> None:
             handle.seek(0, os.SEEK_END)
             handle.write(b"\n")
         else:
-            _warn(f"{path}: removed a last line cut short by a crash ({len(last)} bytes); its evaluation runs again")
+            logger.warning(f"{path}: removed a last line cut short by a crash ({len(last)} bytes); its evaluation runs again")
             handle.truncate(start)
 
 

@@ -11,7 +11,7 @@ Callers that want the records back read them with `RunResult.records()`.
 """
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from array import array
 from dataclasses import dataclass, field, replace
@@ -37,6 +37,8 @@ from steer_eval.runs.identity import (RunIdentity, check_identity, exclusive, re
 from steer_eval.scoring.verdict import SCORER_NAME, SCORER_VERSION
 from steer_eval.steering.tokens import TokenError, TokenStore, default_tokens_dir
 from steer_eval.runs.workers import Chunk, InProcessWorkers, RayWorkers
+
+logger = logging.getLogger(__name__)
 
 RECORDS_FILE = "records.jsonl"
 
@@ -218,8 +220,8 @@ def run(requests: Iterable[Request], spec: BackendSpec, config: GenerationConfig
         stored = check_identity(path, identity)
         done = _stored_hashes(path, identity.run_id, plan.prompts) if stored else np.empty(0, np.int64)
         todo = plan.count - int(_recorded(done, plan.hashes).sum())
-        if todo < plan.count and progress:
-            print(f"resuming: {plan.count - todo} of {plan.count} evaluations already in {path}", file=sys.stderr)
+        if todo < plan.count:
+            logger.info(f"resuming: {plan.count - todo} of {plan.count} evaluations already in {path}")
         per_node = {}
         if todo:
             per_node = _execute(_pending(requests, done, chunk_size), todo, spec, config, identity, stored, actors,

@@ -8,9 +8,9 @@ a missing token) is raised as itself, whether it happened in an actor's start-up
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -24,6 +24,8 @@ from steer_eval.backends.generation import GenerationConfig, split_reasoning
 from steer_eval.scoring.quality import measure
 from steer_eval.runs.records import Record, Request, encode_records
 from steer_eval.scoring.verdict import scorer_spec, verify
+
+logger = logging.getLogger(__name__)
 
 MAX_CHUNK_FAILURES = 3  # a chunk whose worker died this often is not retried again
 WORKER_RESTART_TIMEOUT = 900  # seconds a dead worker may take to come back (a vLLM engine starts in minutes)
@@ -295,8 +297,8 @@ class RayWorkers:
                 retry.append(chunk)
                 # Chunks only go to workers that answered, so the chunk was running when its worker died.
                 failures[number] += 1
-                print(f"steer-eval: warning: a worker died ({type(error).__name__}); chunk {number} "
-                      f"({len(requests)} evaluations) goes back to the queue", file=sys.stderr)
+                logger.warning(f"a worker died ({type(error).__name__}); chunk {number} "
+                               f"({len(requests)} evaluations) goes back to the queue")
                 if failures[number] >= MAX_CHUNK_FAILURES:
                     cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
                     raise WorkerFailedError(
