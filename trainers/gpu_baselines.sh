@@ -51,7 +51,7 @@ print(" ".join("+".join(b.id for b in c) for c in compatible_combinations(2, [ge
 EOF
 )"
 if stage evaluate; then  # the shipped steering tokens sit next to the baselines' vectors for the hybrid pairs
-  cp -rn "${SHIPPED_TOKENS:-$PWD/models/SmolLM2-135M-Instruct/steering_tokens}/." "$TOKENS/"
+  cp -rn "${SHIPPED_TOKENS:-$PWD/steer_eval/steering/shipped/SmolLM2-135M-Instruct/steering_tokens}/." "$TOKENS/"
   $PY "$HERE/evaluate_tokens.py" generate --model "$MODEL" --tokens_dir "$TOKENS" --singles $SHIPPED \
       --single_methods caa prosv --pairs $PAIRS --pair_conditions caa/composition prosv/composition \
       hybrid/composition --n_single "$N_SINGLE" --n_pair "$N_PAIR" --max_new_tokens "$MAX_NEW" \

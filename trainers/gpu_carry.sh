@@ -41,7 +41,7 @@ for pkg in gguf py3langid jsonlines; do cp -r "$SITE/$pkg" "$SITE/$pkg"-*.dist-i
 for f in chat_template.jinja config.json generation_config.json tokenizer.json tokenizer_config.json; do
   cp "$MODEL_DIR/$f" .gpu/b/tok/
 done
-git archive HEAD steer_eval benchmarks models/SmolLM2-135M-Instruct/steering_tokens tests/conftest.py \
+git archive HEAD steer_eval benchmarks tests/conftest.py \
     tests/test_decoder_graphs.py | tar x -C .gpu/code
 cp -r trainers .gpu/code/
 find .gpu -name __pycache__ -prune -exec rm -rf {} +

@@ -18,7 +18,7 @@ PY="python3 -u"
 SHIPPED="german spanish french italian portuguese words_10_50 sentences_1"
 ALL_TOKENS="$SHIPPED words_50_70 words_70_90 words_90_120 lowercase uppercase title_case sentences_2 sentences_3 sentences_4 sentences_5 json"
 GEN_BATCH="${GEN_BATCH:-512}"
-SHIPPED_TOKENS="$CODE/models/SmolLM2-135M-Instruct/steering_tokens"
+SHIPPED_TOKENS="$CODE/steer_eval/steering/shipped/SmolLM2-135M-Instruct/steering_tokens"
 source "$HERE/gpu_stages.sh"
 mkdir -p "$W/bench"
 

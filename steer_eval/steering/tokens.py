@@ -16,7 +16,7 @@ from steer_eval.errors import UserError, brief
 
 VECTOR_FILE = "vector.safetensors"
 METADATA_FILE = "metadata.json"
-REPO_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+SHIPPED_TOKENS_ROOT = Path(__file__).resolve().parent / "shipped"  # package data: <model label>/steering_tokens/
 
 
 class TokenError(UserError, RuntimeError):
@@ -98,7 +98,7 @@ def folder_name(token_name: str) -> str:
 
 
 def default_tokens_dir(model_label: str) -> Path:
-    root = Path(os.environ.get("STEER_EVAL_TOKENS_ROOT", REPO_MODELS_DIR))
+    root = Path(os.environ.get("STEER_EVAL_TOKENS_ROOT", SHIPPED_TOKENS_ROOT))
     return root / model_label / "steering_tokens"
 
 
