@@ -23,6 +23,7 @@ from steer_eval.backends.base import SteeringBackend, check_vector
 from steer_eval.backends.engine_log import default_engine_log, route_vllm_logs
 from steer_eval.backends.extended_vocab import DEFAULT_SPARE_ROWS, extended_model
 from steer_eval.steering.embedding_space import InputEmbeddings, scale_from_config
+from steer_eval.compat import check_supported
 from steer_eval.errors import PromptTooLongError
 from steer_eval.backends.generation import GenerationConfig
 from steer_eval.steering.models import read_input_embeddings, resolve_model_path
@@ -116,7 +117,9 @@ class VLLMBackend(SteeringBackend):
     def llm(self):
         """The engine (started on first access; one per backend, reused for every call)."""
         if self._llm is None:
+            import vllm
             from vllm import LLM
+            check_supported("vllm", vllm.__version__)
             self._llm = LLM(model=str(self.extended.folder), tokenizer=str(self.extended.folder),
                             worker_extension_cls=WORKER_EXTENSION, **self.engine_kwargs)
             self._llm.collective_rpc("steer_eval_mask_rows_from", args=(self.extended.vocab_size,))

@@ -20,6 +20,7 @@ from steer_eval.backends.generation import DEFAULT_HF_BATCH_SIZE
 from steer_eval.cli import reports as cli_reports
 from steer_eval.scoring.behaviors import AND_TOKEN, BEHAVIORS
 from steer_eval.cli.types import non_negative, positive
+from steer_eval import __version__
 from steer_eval.errors import UserError, WorkerFailedError
 from steer_eval.log import show_on_stderr
 from steer_eval.backends.generation import DEFAULT_MAX_NEW_TOKENS, chat_template_options
@@ -59,6 +60,7 @@ def _add_steering_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="steer-eval", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"steer-eval {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     behaviors = commands.add_parser("behaviors", help="list the behaviour registry")

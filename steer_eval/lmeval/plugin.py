@@ -10,8 +10,10 @@ import difflib
 import functools
 import inspect
 import sys
+from importlib import metadata
 from pathlib import Path
 
+from steer_eval.compat import check_supported
 from steer_eval.errors import UserError
 from steer_eval.tasks import TASKS_DIR
 
@@ -33,6 +35,7 @@ def register_models(model_registry) -> None:
     # ours first would hide `hf`, `vllm`, ... so load that table before adding to it.
     import lm_eval.models  # noqa: F401
 
+    check_supported("lm-eval", metadata.version("lm-eval"))
     for alias, target in MODEL_CLASSES.items():
         if alias not in model_registry:
             model_registry.register(alias, target=target)
