@@ -31,7 +31,7 @@ def _add_generation_options(parser: argparse.ArgumentParser, backend_default: st
     parser.add_argument("--backend", choices=backends, default=backend_default,
                         help="simulate: no model, fake responses and verdicts (for testing runs at scale)")
     parser.add_argument("--tokens-dir", "--tokens_dir", dest="tokens_dir", default=None,
-                        help="folder holding <name>/vector.safetensors (default: models/<MODEL>/steering_tokens)")
+                        help="folder holding <name>/vector.safetensors (default: the tokens shipped for MODEL)")
     parser.add_argument("--max-new-tokens", "--max_new_tokens", dest="max_new_tokens", type=positive,
                         default=DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--temperature", type=float, default=0.0)

@@ -76,9 +76,11 @@ def add_inspection_commands(commands) -> None:
             "cosine": "cosine similarities between the tokens: printed, and a heatmap PNG"}
     for name, help_text in what.items():
         command = tokens_commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("names", nargs="*", metavar="TOKEN", help="only these tokens, e.g. german '<and>' "
+                                                                        "(default: every token in the folder)")
         command.add_argument("--model", default=DEFAULT_MODEL, help="embedded model name or local model folder")
         command.add_argument("--tokens-dir", "--tokens_dir", dest="tokens_dir", default=None,
-                             help="folder holding <name>/vector.safetensors (default: models/<MODEL>/steering_tokens)")
+                             help="folder holding <name>/vector.safetensors (default: the tokens shipped for MODEL)")
         if name in ("list", "nearest"):
             command.add_argument("--json", action="store_true")
         if name in ("pca", "cosine"):
@@ -94,7 +96,7 @@ def add_inspection_commands(commands) -> None:
                         help="embedded model name or local model folder: the vectors are checked against its input "
                              "embeddings (default: not checked; the store of the default model)")
     export.add_argument("--tokens-dir", "--tokens_dir", dest="tokens_dir", default=None,
-                        help="folder holding caa/<behaviour>/ (default: models/<MODEL>/steering_tokens)")
+                        help="folder holding caa/<behaviour>/ (default: the tokens shipped for MODEL)")
 
     compare = commands.add_parser("compare", help="several runs side by side: a markdown table and plots")
     compare.add_argument("runs", nargs="+", metavar="RUN",
@@ -111,7 +113,7 @@ def tokens(args) -> int:
 
     if args.tokens_command == "export-steered":
         return export_steered(args)
-    tokens = token_tools.load_token_set(args.model, args.tokens_dir)
+    tokens = token_tools.load_token_set(args.model, args.tokens_dir, args.names)
     if args.tokens_command == "list":
         print(token_tools.list_json(tokens) if args.json else token_tools.list_markdown(tokens))
     elif args.tokens_command == "nearest":

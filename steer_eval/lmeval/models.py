@@ -329,7 +329,8 @@ class SteeringHFLM(SteeringLM):
                         tensor_parallel_size: int = 1, **unknown) -> dict:
         _refuse_unknown("steering_hf", unknown, [*COMMON_ARGS, "batch_size", "device", "dtype"])
         if _number("tensor_parallel_size", tensor_parallel_size) != 1:
-            raise TypeError("steering_hf runs one model copy per process; use steering_vllm for tensor_parallel_size > 1")
+            raise ModelArgsError("steering_hf runs one model copy per process; use steering_vllm for "
+                                 "tensor_parallel_size > 1")
         if device and str(device).startswith("cuda"):
             import torch
             if not torch.cuda.is_available():  # lm-eval's --device defaults to cuda; fall back as its hf class does

@@ -18,7 +18,7 @@ DEFAULT_CHUNK_SIZE = 64  # requests per call to a backend worker: the most a cra
 class BackendSpec:
     backend: str  # hf | vllm | simulate (no model: fake responses and verdicts, for testing the runner at scale)
     model: str  # an embedded model name, a Hugging Face id or a local folder
-    tokens_dir: str | None = None  # default: models/<MODEL>/steering_tokens
+    tokens_dir: str | None = None  # default: the shipped tokens, steer_eval/steering/shipped/<MODEL>/steering_tokens
     options: dict = field(default_factory=dict)  # keyword arguments of HFBackend / VLLMBackend
 
     def __post_init__(self):

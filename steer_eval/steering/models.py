@@ -102,7 +102,7 @@ def _hash_model_files(folder: Path, files: list[Path]) -> str:
 
 
 def model_label(spec: str) -> str:
-    """The folder name steering tokens are stored under for this model (models/<label>/steering_tokens)."""
+    """The folder name steering tokens are stored under for this model (steer_eval/steering/shipped/<label>/steering_tokens)."""
     if spec in EMBEDDED_MODELS:
         return EMBEDDED_MODELS[spec].hf_name
     return Path(spec.rstrip("/")).name

@@ -48,7 +48,8 @@ def _registry_order(names: list[str]) -> list[str]:
     return sorted(names, key=lambda name: (position.get(name, len(position)), name))
 
 
-def load_token_set(model: str, tokens_dir: str | Path | None = None) -> TokenSet:
+def load_token_set(model: str, tokens_dir: str | Path | None = None, only: list[str] | None = None) -> TokenSet:
+    """The folder's input-embedding tokens (`only`: these names, in the order given; default: all of them)."""
     from steer_eval.steering.models import read_input_embeddings
 
     folder = Path(resolve_model_path(model))
@@ -63,6 +64,12 @@ def load_token_set(model: str, tokens_dir: str | Path | None = None) -> TokenSet
     if not names:
         raise TokenError(f"no steering tokens in {store.directory}; pass --tokens-dir with a folder holding "
                          "<name>/vector.safetensors and metadata.json")
+    if only:
+        unknown = [name for name in only if name not in names]
+        if unknown:
+            raise TokenError(f"no steering token {', '.join(map(repr, unknown))} in {store.directory}; "
+                             f"tokens there: {', '.join(names)}")
+        names = list(dict.fromkeys(only))
     expected = ModelIdentity.of(model_label(model), weight)
     tokens = [store.load(name, expected) for name in names]
     return TokenSet(model, folder, store.directory, names,
