@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 
 from steer_eval.report import compare
+from steer_eval.report.tables import comparison_markdown, markdown_table
 from steer_eval.errors import UserError
 from steer_eval.runs.records import append_records, iter_records
-from steer_eval.report.tables import group_summaries
+from steer_eval.report import plots
+from steer_eval.report.outcomes import group_summaries
 
 SCRIPT = str(Path(sys.executable).parent / "steer-eval")
 PNG_HEADER = b"\x89PNG\r\n\x1a\n"
@@ -46,12 +48,12 @@ def test_runs_are_summarised_as_analyze_summarises_them(two_runs):
     assert [r.name for r in runs] == ["a", "b"]  # a file called records is named after its folder
     a = runs[0]
     assert a.summaries == group_summaries(iter_records(two_runs[0]))
-    assert a.order_accuracy[("steering", "composition", 2)] == {
-        "german+words_10_50": {"german>words_10_50": 0.75, "words_10_50>german": 0.25}}
+    [pair] = a.settings[("steering", "composition", 2)].combinations
+    assert pair.order_accuracy == {"german>words_10_50": 0.75, "words_10_50>german": 0.25}
     assert a.summaries[("steering", "composition", 1)]["all"]["accuracy"] == 0.75  # mean of 1.0 and 0.5
-    text = compare.markdown(runs)
-    assert "| steering (composition) | 2 | a | 8 | 1 | — | 50.0 | 50.0 | 75.0 | 50.0 | 50.0 | 0 |" in text
-    assert "| steering (composition) | 2 | b | 8 | 1 | — | 50.0 | 50.0 | 50.0 | 0.0 | 0.0 | 0 |" in text
+    text = comparison_markdown(runs)
+    assert "| steering | composition | 2 | a | 8 | 1 | — | 50.0 | 50.0 | 75.0 | 50.0 | 50.0 | 0 |" in text
+    assert "| steering | composition | 2 | b | 8 | 1 | — | 50.0 | 50.0 | 50.0 | 0.0 | 0.0 | 0 |" in text
     assert "| german+words_10_50 | 50.0 (Δ 50.0) | 50.0 (Δ 0.0) |" in text
     assert "| french | 50.0 | 50.0 |" in text  # per-behaviour, k = 1
     # Records written without quality fields get the ones their response gives ("…": no words, no repeat).
@@ -60,19 +62,19 @@ def test_runs_are_summarised_as_analyze_summarises_them(two_runs):
 
 def test_figures_have_legends_and_labels(two_runs):
     runs = compare.load_runs(two_runs, ["first", "second"])
-    accuracy = compare.accuracy_figure(runs)
+    accuracy = plots.accuracy_figure(runs)
     labels = [t.get_text() for t in accuracy.legends[0].get_texts()]
     assert labels == ["first: steering (composition)", "second: steering (composition)"]
     assert [a.get_title() for a in accuracy.axes] == ["accuracy, seen combinations", "accuracy, unseen combinations",
                                                       "accuracy, all combinations", "order variance Δmax (mean)",
                                                       "repetition (share covered by the longest repeat)"]
     assert all(a.get_xlabel() == "behaviours composed (k)" for a in accuracy.axes)
-    orders = compare.order_figure(runs)
+    orders = plots.order_figure(runs)
     heatmap = orders.axes[0]
     assert heatmap.images[0].get_array().tolist() == [[75.0, 25.0, 50.0, 50.0]]
     assert [t.get_text() for t in heatmap.get_yticklabels()] == ["german+words_10_50"]
     assert "accuracy (%)" in [a.get_ylabel() for a in orders.axes]  # its colour bar
-    bars = compare.behavior_figure(runs)
+    bars = plots.behavior_figure(runs)
     assert len(bars.axes) == 2 and [t.get_text() for t in bars.legends[0].get_texts()] == labels
 
 
@@ -114,7 +116,7 @@ def test_quality_figure_places_each_setting_by_accuracy_and_repetition(tmp_path)
     salad = dict(row("p1", ["german"], [True]), response="la cidade de la cidade de la cidade")
     fine = dict(row("p1", ["german"], [False], control="text"), response="Der Himmel ist heute blau.")
     append_records(records, [salad, fine])
-    figure = compare.quality_figure(compare.load_runs([records], ["run"]))
+    figure = plots.quality_figure(compare.load_runs([records], ["run"]))
     (axis,) = figure.axes
     offsets = {tuple(c.get_offsets()[0]) for c in axis.collections}
     assert offsets == {(1.0, 100.0), (0.0, 0.0)}  # steering: all followed, all repeated; text: neither
@@ -138,10 +140,38 @@ def test_real_grid_matches_its_committed_table():
     """results/grid_2actors/table.md is `steer-eval analyze` of these records (scorer 1): compare agrees."""
     run = compare.load_run(GRID)
     assert run.name == "grid_2actors" and run.generations == 4350
-    text = compare.markdown([run])
-    assert "| steering (composition) | 2 | grid_2actors | 1100 | 11 | " in text
+    text = comparison_markdown([run])
+    assert "| steering | composition | 2 | 1100 | 11 | " in text  # one run: no run column
     s = run.summaries[("steering", "composition", 2)]["all"]
     assert round(100 * s["accuracy"], 1) == 52.7 and round(100 * s["order_variance"], 1) == 9.1
     # Each combination was run in both orders on the same 50 prompts.
-    orders = run.order_accuracy[("steering", "composition", 2)]
-    assert len(orders) == 11 and all(len(o) == 2 for o in orders.values())
+    pairs = run.settings[("steering", "composition", 2)].combinations
+    assert len(pairs) == 11 and all(len(r.complete_order_accuracy) == 2 and not r.incomplete_records for r in pairs)
+
+
+def test_delta_follows_complete_order_sets(tmp_path):
+    """german+words_10_50: order 1 holds on p0, p1 (of p0-p3), order 2 ran on p0, p1 only and holds on p0. Over all
+    records the orders score 50 and 50 (Δ 0, what compare printed before); on the prompts run in both orders
+    they score 100 and 50: Δ 50, as `analyze` reports."""
+    path = tmp_path / "records.jsonl"
+    rows = [row(f"p{i}", ["german", "words_10_50"], [True, i < 2]) for i in range(4)]
+    rows += [row("p0", ["words_10_50", "german"], [True, True]), row("p1", ["words_10_50", "german"], [False, True])]
+    append_records(path, rows)
+    run = compare.load_run(path)
+    text = comparison_markdown([run])
+    assert "| german+words_10_50 | 50.0 (Δ 50.0) |" in text
+    assert "| steering | composition | 2 | 6 | 1 | — | 50.0 | 50.0 | 100.0 | 50.0 | 50.0 | 2 |" in text
+    assert markdown_table(run.summaries) in text  # analyze's table is compare's of one run
+    [pair] = run.settings[("steering", "composition", 2)].combinations
+    assert pair.order_accuracy == {"german>words_10_50": 0.5, "words_10_50>german": 0.5}
+    assert pair.order_delta_max == 0.5 and pair.incomplete_records == 2
+    heatmap = plots.order_figure([run]).axes[0]
+    assert heatmap.images[0].get_array().tolist() == [[100.0, 50.0]]  # the prompts run in both orders
+
+
+def test_an_incomplete_order_set_has_no_delta(tmp_path):
+    path = tmp_path / "records.jsonl"
+    append_records(path, [row("p0", ["german", "words_10_50"], [True, True]),
+                          row("p1", ["german", "words_10_50"], [True, False])])
+    text = comparison_markdown([compare.load_run(path)])
+    assert "| german+words_10_50 | 50.0 (Δ —) |" in text  # before: Δ 0.0 from the one order there is

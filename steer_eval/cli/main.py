@@ -261,7 +261,8 @@ def _grid(args) -> int:
     from steer_eval.runs.grid import build_grid
     from steer_eval.scoring.prompts import load_prompts
     from steer_eval.runs.records import read_records
-    from steer_eval.report.tables import group_summaries, markdown_table
+    from steer_eval.report.outcomes import group_summaries
+    from steer_eval.report.tables import markdown_table
     from steer_eval.runs.runner import RECORDS_FILE, dry_run
     from steer_eval.runs.runner import run as run_requests
 

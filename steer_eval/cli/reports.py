@@ -9,7 +9,6 @@ import json
 import sys
 
 from steer_eval.cli.types import non_negative, positive
-from steer_eval.errors import UserError
 from steer_eval.steering.embedded import DEFAULT_MODEL
 
 
@@ -35,28 +34,19 @@ class _JudgeCount:
 
 
 def analyze(args) -> int:
-    from steer_eval.runs.records import iter_records
-    from steer_eval.report.tables import group_summaries, markdown_table, plot
+    from steer_eval.report.compare import load_run
+    from steer_eval.report.plots import plot
+    from steer_eval.report.tables import markdown_table
     from steer_eval.scoring.verdict import SCORER_VERSION
 
-    from steer_eval.judges.fluency import read_scores, sidecar_path, with_fluency
-
     count = _JudgeCount()
-    records = iter_records(args.records)
-    sidecar = sidecar_path(args.records)
-    fluency = read_scores(sidecar)
-    if fluency:
-        print(f"steer-eval: fluency scores from {sidecar}", file=sys.stderr)
-        records = with_fluency(records, fluency, sidecar)
-    summaries = group_summaries(count.rejudged(records) if args.rejudge else count.counted(records))
+    summaries = load_run(args.records, through=count.rejudged if args.rejudge else count.counted).summaries
     if args.rejudge:
         print(f"steer-eval: re-judged {count.records} records with scorer version {SCORER_VERSION}; "
               f"{count.changed} got a different verdict", file=sys.stderr)
     elif count.stale:
         print(f"steer-eval: warning: {count.stale} records were judged by an older scorer than this version's "
               f"({SCORER_VERSION}); add --rejudge to judge them by today's rules", file=sys.stderr)
-    if not summaries:
-        raise UserError(f"no records in {args.records} (give a JSONL file, a folder of them or a .tar.gz)")
     if args.json:
         print(json.dumps([{"control_method": c, "mode": m, "k": k, **s} for (c, m, k), s in summaries.items()],
                          indent=2))

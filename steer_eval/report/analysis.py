@@ -119,16 +119,20 @@ def behavior_accuracy(records: Sequence) -> dict:
             "per_behavior": per_behavior_accuracy(records)}
 
 
-def summarize(records: Sequence) -> dict:
-    """Everything split by seen/unseen combinations: accuracy, best order, order variance (mean, max)."""
-    results = by_combination(records)
+def summary_of(results: Sequence[CombinationResult], per_behavior: dict[str, float], generations: int) -> dict:
+    """The summary of `summarize`, from combination results however they were counted."""
     return {
         "all": _aggregate(results),
         "seen": _aggregate([r for r in results if r.seen]),
         "unseen": _aggregate([r for r in results if not r.seen]),
-        "per_behavior": per_behavior_accuracy(records),
-        "generations": len(records),
+        "per_behavior": per_behavior,
+        "generations": generations,
     }
+
+
+def summarize(records: Sequence) -> dict:
+    """Everything split by seen/unseen combinations: accuracy, best order, order variance (mean, max)."""
+    return summary_of(by_combination(records), per_behavior_accuracy(records), len(records))
 
 
 def to_frame(records: Iterable):
