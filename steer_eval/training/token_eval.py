@@ -16,6 +16,7 @@ from typing import Sequence
 
 from steer_eval.report.analysis import by_combination
 from steer_eval.report.analysis import summarize as aggregate
+from steer_eval.report.tables import percent as _pct
 from steer_eval.steering.assembly import uses_mode
 from steer_eval.scoring.behaviors import BEHAVIORS, get_behavior, is_seen_combination, resolve
 from steer_eval.scoring.prompts import Prompt
@@ -107,10 +108,6 @@ def summarize(folders: Sequence[str | Path], out: str | Path, split: str = "test
     (out / "table.md").write_text(markdown(result))
     print(markdown(result))
     return result
-
-
-def _pct(value) -> str:
-    return "–" if value is None or value != value else f"{100 * value:.1f}"
 
 
 # The paper's Table 1 rows: a method's single-behaviour column and its 2-behaviour condition.
