@@ -2,13 +2,19 @@
 are all that run), and scaling over Ray actors with a fixed per-evaluation delay.
 
     python benchmarks/grid_scale.py [--sizes 10000 100000 1000000] [--delay 0.01] [--scaling-evaluations 4000]
+                                    [--grid-sizes 1000000 10000000]
 
 1. For each size: a grid of k = 1..3 (every order of every compatible combination, steering and text) over enough
    synthetic prompts, run by `runner.run` in a fresh process, in-process and on 2 Ray actors; evaluations/s
    (model start excluded, as the manifest's rate), the driver's peak RSS (VmHWM), output bytes; then a resume of
    the complete file (scan only) and `steer-eval analyze` of it (time, peak RSS).
 2. Scaling: the same plan on N = 1, 2, 4 actors with `--delay` seconds per evaluation; rate(N) / (N x rate(1)).
-Writes results/bench/grid_scale_<date>.json with the machine and the command.
+3. The CLI at scale, k = 1..4: `steer-eval grid --backend simulate --model sim --k 1 2 3 4 --control-method
+   steering --num-prompts N` (10,948 evaluations a prompt), then `steer-eval analyze` of its folder: wall time and
+   peak RSS of each, and the summary's bytes per record: analyze's peak RSS less that of analyze on a one-prompt
+   grid (the interpreter and its imports), over the records.
+`--sizes`, `--grid-sizes` with no value and `--scaling-evaluations 0` leave a part out.
+Writes results/bench/grid_scale_<date>.json with the machine and the command, and results/bench/grid_scale.md.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_PROMPT = 4616  # evaluations per prompt of the k = 1..3 steering+text grid (18 + 238 + 2052, times 2 methods)
+GRID_PER_PROMPT = 10_948  # evaluations per prompt of the k = 1..4 steering grid (18 + 238 + 2052 + 8640)
+GRID = ["grid", "--backend", "simulate", "--model", "sim", "--k", "1", "2", "3", "4", "--control-method", "steering"]
 
 
 def _peak_rss_mb() -> float:
@@ -65,19 +73,75 @@ def _child(prompts: int, actors: int, output: Path, delay: float = 0.0, chunk_si
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _analyze(output: Path) -> dict:
+def _cli(*arguments: str) -> dict:
+    """`steer-eval ARGUMENTS` in a fresh process: its wall time and peak RSS."""
     command = [sys.executable, "-c", "import sys, resource; from steer_eval.cli.main import main; code = main(sys.argv[1:]);"
                " print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr); sys.exit(code)",
-               "analyze", str(output)]
+               *arguments]
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT)
     return {"seconds": round(time.monotonic() - started, 2),
             "peak_rss_mb": round(float(done.stderr.strip().splitlines()[-1]), 1)}
 
 
+def _analyze(output: Path) -> dict:
+    return _cli("analyze", str(output))
+
+
+def _grid_row(prompts: int, folder: Path, baseline_mb: float) -> dict:
+    grid = _cli(*GRID, "--num-prompts", str(prompts), "--output-dir", str(folder))
+    records = folder / "records.jsonl"
+    evaluations = sum(1 for _ in records.open("rb"))
+    analyze = _analyze(folder)
+    return {"prompts": prompts, "evaluations": evaluations, "output_bytes": records.stat().st_size,
+            "grid": grid, "analyze": analyze,
+            "summary_bytes_per_record": round((analyze["peak_rss_mb"] - baseline_mb) * 2**20 / evaluations, 1)}
+
+
+def _grid_rows(sizes: list[int], tmp: str) -> dict:
+    baseline_folder = Path(tmp) / "grid-baseline"
+    _cli(*GRID, "--num-prompts", "1", "--k", "1", "--output-dir", str(baseline_folder))
+    baseline = _analyze(baseline_folder)["peak_rss_mb"]
+    rows = []
+    for size in sizes:
+        folder = Path(tmp) / f"grid-{size}"
+        row = {"target": size, **_grid_row(max(1, round(size / GRID_PER_PROMPT)), folder, baseline)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        (folder / "records.jsonl").unlink()
+    return {"analyze_baseline_peak_rss_mb": baseline, "rows": rows}
+
+
+def _markdown(results: dict) -> str:
+    lines = ["# Grid and analyze at scale (simulate backend)", "", f"`{results['command']}` on "
+             f"{results['machine']['cpus']} CPUs, {results['machine']['platform']}, Python "
+             f"{results['machine']['python']}, {results['date']}.", ""]
+    cli = results.get("cli")
+    if cli:
+        lines += ["## `steer-eval grid` (k = 1..4, steering) then `steer-eval analyze` of its folder", "",
+                  f"Each row: `{' '.join(['steer-eval', *GRID])} --num-prompts N --output-dir DIR`, then "
+                  "`steer-eval analyze DIR`. Bytes per record = (analyze's peak RSS − "
+                  f"{cli['analyze_baseline_peak_rss_mb']} MB, analyze of a one-prompt k = 1 grid) / records.", "",
+                  "| evaluations | prompts | records file | grid wall | grid peak RSS | analyze wall | analyze peak RSS "
+                  "| summary bytes/record |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['evaluations']:,} | {r['prompts']} | {r['output_bytes'] / 2**30:.2f} GiB | "
+                  f"{r['grid']['seconds']:.0f} s | {r['grid']['peak_rss_mb']:.0f} MB | {r['analyze']['seconds']:.0f} s | "
+                  f"{r['analyze']['peak_rss_mb']:.0f} MB | {r['summary_bytes_per_record']} |" for r in cli["rows"]]
+    if results["bookkeeping"]:
+        lines += ["", "## runner.run, k = 1..3, steering and text", "",
+                  "| evaluations | actors | evaluations/s | driver peak RSS | analyze wall | analyze peak RSS |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['evaluations']:,} | {r['actors']} | {r['evaluations_per_second']} | "
+                  f"{r['driver_peak_rss_mb']} MB | {r['analyze']['seconds']} s | {r['analyze']['peak_rss_mb']} MB |"
+                  for r in results["bookkeeping"]]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--sizes", nargs="*", type=int, default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--grid-sizes", nargs="*", type=int, default=[1_000_000, 10_000_000],
+                        help="evaluations of the k = 1..4 `steer-eval grid` rows")
     parser.add_argument("--delay", type=float, default=0.01, help="seconds per evaluation in the scaling part")
     parser.add_argument("--scaling-evaluations", type=int, default=4000)
     parser.add_argument("--out", default=None)
@@ -106,9 +170,11 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 results["bookkeeping"].append(row)
                 output.unlink()
+        if args.grid_sizes:
+            results["cli"] = _grid_rows(args.grid_sizes, tmp)
         prompts = max(1, round(args.scaling_evaluations / PER_PROMPT * 1.0)) or 1
         single = None
-        for actors in (1, 2, 4):
+        for actors in (1, 2, 4) if args.scaling_evaluations else ():
             output = Path(tmp) / f"scaling-{actors}" / "records.jsonl"
             row = _child(prompts, actors, output, delay=args.delay, chunk_size=16)
             single = single or row["evaluations_per_second"]
@@ -119,7 +185,8 @@ def main() -> None:
     results["scaling"]["delay_seconds"] = args.delay
     out = Path(args.out or ROOT / "results" / "bench" / f"grid_scale_{results['date']}.json")
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {out}")
+    (ROOT / "results" / "bench" / "grid_scale.md").write_text(_markdown(results))
+    print(f"written to {out} and results/bench/grid_scale.md")
 
 
 if __name__ == "__main__":
