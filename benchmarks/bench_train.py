@@ -25,7 +25,6 @@ Tokens are the student's real tokens (prompt + steering slot + response), the tr
 """
 import argparse
 import ctypes
-import importlib.util
 import json
 import os
 import platform
@@ -39,20 +38,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from steer_eval.errors import UserError
+from steer_eval.steering.assembly import embed
+from steer_eval.steering.embedding_space import InputEmbeddings
+from steer_eval.steering.models import load_model
+from steer_eval.training.decoder_graphs import LENGTH_STEP, DecoderGraphs
+from steer_eval.training.distillation import distillation_step
+from steer_eval.training.examples import example_rng, make_examples, semantic_init, teacher_prompt
+from steer_eval.training.inputs import read_training_data
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from steer_eval.steering.assembly import embed  # noqa: E402
-from steer_eval.training.decoder_graphs import LENGTH_STEP, DecoderGraphs  # noqa: E402
-from steer_eval.training.distillation import distillation_step  # noqa: E402
-from steer_eval.steering.embedding_space import InputEmbeddings  # noqa: E402
-from steer_eval.steering.models import load_model  # noqa: E402
-
-
-def _trainer():
-    spec = importlib.util.spec_from_file_location("train", REPO / "trainers" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def reference_step(model, teachers, students, responses, vectors, temperature):
@@ -140,15 +135,14 @@ def machine(device) -> dict:
     return info
 
 
-def batches(trainer, args, tokenizer):
-    records = trainer.load_records(args.data)
-    examples = trainer.make_examples(records, tokenizer, "behaviour", args.max_response_tokens)
+def batches(records, args, tokenizer):
+    examples = make_examples(records, tokenizer, "behaviour", args.max_response_tokens)
     rng = random.Random(args.seed)
     chosen = []
     for step in range(args.steps + 1):
         indices = rng.sample(range(len(examples)), args.batch_size)
         batch = [examples[i] for i in indices]
-        teachers = [trainer.teacher_prompt(e, tokenizer, trainer.example_rng(args.seed, step, i))
+        teachers = [teacher_prompt(e, tokenizer, example_rng(args.seed, step, i))
                     for e, i in zip(batch, indices)]
         chosen.append((teachers, [e.student for e in batch], [e.response_ids for e in batch],
                        sum(len(e.student.input_ids) + len(e.response_ids) for e in batch)))
@@ -177,16 +171,19 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.graph_group_sizes and not args.device.startswith("cuda"):
         parser.error("--graph_group_sizes needs a CUDA --device")
-    trainer = _trainer()
+    try:
+        records, _ = read_training_data(args.data)
+    except UserError as error:
+        parser.exit(2, f"bench_train.py: error: {error}\n")
     dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     model, tokenizer = load_model(args.model, device=args.device, dtype=dtype)
-    behaviour = trainer.load_records(args.data[:1])[0]["behaviors"][0]
-    vector = torch.nn.Parameter(trainer.semantic_init(behaviour, tokenizer, model.get_input_embeddings().weight))
+    behaviour = records[0]["behaviors"][0]
+    vector = torch.nn.Parameter(semantic_init(behaviour, tokenizer, InputEmbeddings.of(model)))
     methods = {"reference": lambda t, s, r: reference_step(model, t, s, r, {behaviour: vector}, args.temperature)}
     for size in args.group_sizes:
         methods[f"trainer_group{size}"] = (lambda t, s, r, size=size: distillation_step(
             model, t, s, r, {behaviour: vector}, args.temperature, group_size=size))
-    chosen = batches(trainer, args, tokenizer)
+    chosen = batches(records, args, tokenizer)
     capture = {}
     for layout in args.graph_layouts if args.graph_group_sizes else ():
         graphs = DecoderGraphs(model, length_step=args.length_step, share_rows=layout == "packed")

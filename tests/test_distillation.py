@@ -1,5 +1,4 @@
 """The fast distillation step against the plain one it replaced (kept here as the oracle), on the tiny model."""
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -9,12 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from steer_eval.training import distillation
+from steer_eval.training.examples import make_examples, teacher_prompt
+from steer_eval.training.inputs import read_training_data
 from steer_eval.steering.embedding_space import InputEmbeddings
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("train", REPO / "trainers" / "train.py")
-trainer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(trainer)
 
 
 def plain_step(model, teachers, students, responses, vectors, temperature):
@@ -52,8 +50,8 @@ def batch(tiny_hf, tmp_path_factory):
                 "behaviors": ["german"]} for i, p in enumerate(prompts)]
     path = tmp_path_factory.mktemp("distill") / "german.json"
     path.write_text(json.dumps(records))
-    examples = trainer.make_examples(trainer.load_records([path]), tiny_hf.tokenizer, "behaviour", 64)
-    teachers = [trainer.teacher_prompt(e, tiny_hf.tokenizer, random.Random(i)) for i, e in enumerate(examples)]
+    examples = make_examples(read_training_data([path])[0], tiny_hf.tokenizer, "behaviour", 64)
+    teachers = [teacher_prompt(e, tiny_hf.tokenizer, random.Random(i)) for i, e in enumerate(examples)]
     return teachers, [e.student for e in examples], [e.response_ids for e in examples]
 
 

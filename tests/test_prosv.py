@@ -1,8 +1,10 @@
 """PrOSV on the tiny random Llama: the vector reaches only the intended prompt positions, generation is unsteered
 after the prompt, the factor and direction get gradient, and the trainer's vectors load and steer."""
-import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,17 +12,23 @@ import torch
 
 from steer_eval.steering.activation import Intervention, added_to_layers
 from steer_eval.backends.generation import GenerationConfig
+from steer_eval.training.examples import student_deltas
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "Why is the sky blue?"
 LAYER, POSITIONS = 0, 3
 
 
-def _trainer():
-    spec = importlib.util.spec_from_file_location("train_prosv", REPO / "trainers" / "train_prosv.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _prosv(argv, refused=False) -> subprocess.CompletedProcess:
+    """trainers/train_prosv.py run as a user runs it; `refused`: it must exit 2 with one line on stderr: no traceback,
+    and no model loaded (the script says so on stderr before it loads one)."""
+    result = subprocess.run([sys.executable, str(REPO / "trainers" / "train_prosv.py"), *argv], capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    if refused:
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr[-3000:]
+    else:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def _layer_outputs(model, ids, additions=(), prompt_ends=None):
@@ -86,13 +94,12 @@ def test_prosv_generation_steers_the_prompt_and_not_the_generated_tokens(tiny_hf
 
 
 def test_factor_and_direction_receive_gradient(tiny_hf):
-    trainer = _trainer()
     model = tiny_hf.model
     directions = {"german": torch.nn.Parameter(torch.randn(model.config.hidden_size))}
     factors = {"german": torch.nn.Parameter(torch.tensor(8.0))}
     prompt = tiny_hf.assemble(PROMPT, ["german"], control_method="prosv")
     ids = torch.tensor([prompt.input_ids])
-    deltas = trainer.student_deltas(directions, factors, ["german"])
+    deltas = student_deltas(directions, factors, ["german"])
     with added_to_layers(model, [(Intervention("prosv", LAYER, POSITIONS, 1.0), deltas)],
                          torch.tensor([len(prompt.input_ids)])):
         loss = model(ids).logits[0, -1].log_softmax(-1)[0]
@@ -104,19 +111,16 @@ def test_factor_and_direction_receive_gradient(tiny_hf):
 def test_trainer_saves_vectors_the_backend_uses(tiny_model_dir, tmp_path):
     from steer_eval.backends.hf import HFBackend
     from steer_eval.steering.tokens import TokenError, TokenStore
-    trainer = _trainer()
     data = tmp_path / "german_train.json"
     data.write_text(json.dumps([{"prompt": f"Tell me about rivers {i}", "response": "Flüsse sind lang.",
                                  "behaviors": ["german"]} for i in range(6)]))
     tokens = tmp_path / "tokens"
-    result = trainer.train(trainer.parse_args(["--model", str(tiny_model_dir), "--data", str(data), "--layer", "1",
-                                               "--tokens_dir", str(tokens), "--out_dir", str(tmp_path / "run"),
-                                               "--epochs", "2", "--batch_size", "4", "--temperature", "1",
-                                               "--log_every", "1"]))
+    _prosv(["--model", str(tiny_model_dir), "--data", str(data), "--layer", "1", "--tokens_dir", str(tokens),
+            "--out_dir", str(tmp_path / "run"), "--epochs", "2", "--batch_size", "4", "--temperature", "1",
+            "--log_every", "1"])
     saved = TokenStore(tokens).load("prosv/german")
     assert saved.intervention == Intervention("prosv", 1, 4, saved.intervention.factor)
     assert saved.intervention.factor != 8.0  # the factor was trained, not only the direction
-    assert saved.intervention.factor == pytest.approx(result["factors"]["german"].item())
     assert torch.linalg.vector_norm(saved.vector).item() == pytest.approx(1.0, abs=1e-5)
     assert saved.training_config["layer"] == 1 and saved.training_config["summary"]["steps"] == 4
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -131,14 +135,12 @@ def test_trainer_saves_vectors_the_backend_uses(tiny_model_dir, tmp_path):
         TokenStore(tokens).load("caa/german")
 
 
-def test_trainer_refuses_an_empty_selection(tiny_model_dir, tmp_path, capsys):
-    trainer = _trainer()
+def test_trainer_refuses_an_empty_selection(tiny_model_dir, tmp_path):
     data = tmp_path / "german_train.json"
     data.write_text(json.dumps([{"prompt": "x", "response": "y", "behaviors": ["german"]}]))
-    with pytest.raises(SystemExit) as exit_info:
-        trainer.train(trainer.parse_args(["--model", str(tiny_model_dir), "--data", str(data),
-                                          "--behaviors", "spanish", "--out_dir", str(tmp_path / "run")]))
-    assert exit_info.value.code == 2 and "no training records" in capsys.readouterr().err
+    refused = _prosv(["--model", str(tiny_model_dir), "--data", str(data), "--behaviors", "spanish", "--out_dir",
+                      str(tmp_path / "run")], refused=True)
+    assert "no training records" in refused.stderr
 
 
 def _prosv_args(tiny_model_dir, tmp_path, data, *extra):
@@ -147,25 +149,17 @@ def _prosv_args(tiny_model_dir, tmp_path, data, *extra):
             "--device", "cpu", *extra]
 
 
-def test_a_rerun_into_a_finished_out_dir_is_refused_and_restart_moves_it_aside(tiny_model_dir, tmp_path, capsys,
-                                                                               monkeypatch):
-    trainer = _trainer()
+def test_a_rerun_into_a_finished_out_dir_is_refused_and_restart_moves_it_aside(tiny_model_dir, tmp_path):
     data = tmp_path / "german_train.json"
     data.write_text(json.dumps([{"prompt": f"Tell me about rivers {i}", "response": "Flüsse sind lang.",
                                  "behaviors": ["german"]} for i in range(6)]))
-    trainer.main(_prosv_args(tiny_model_dir, tmp_path, data))
+    _prosv(_prosv_args(tiny_model_dir, tmp_path, data))
     before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
-    capsys.readouterr()
-    with monkeypatch.context() as patch:
-        patch.setattr(trainer, "load_model", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
-        for extra in ([], ["--lr", "1e-2"]):  # the same settings (finished), and others
-            with pytest.raises(SystemExit) as exit_info:
-                trainer.main(_prosv_args(tiny_model_dir, tmp_path, data, *extra))
-            error = capsys.readouterr().err
-            assert exit_info.value.code == 2 and len(error.splitlines()) == 1 and "--restart" in error
-            assert ("finished run" if not extra else "lr: 0.005 in the folder, 0.01 now") in error
+    for extra in ([], ["--lr", "1e-2"]):  # the same settings (finished), and others
+        error = _prosv(_prosv_args(tiny_model_dir, tmp_path, data, *extra), refused=True).stderr
+        assert "--restart" in error and ("finished run" if not extra else "lr: 0.005 in the folder, 0.01 now") in error
     assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before  # nothing overwritten
-    trainer.main(_prosv_args(tiny_model_dir, tmp_path, data, "--lr", "1e-2", "--restart"))
+    _prosv(_prosv_args(tiny_model_dir, tmp_path, data, "--lr", "1e-2", "--restart"))
     [aside] = (tmp_path / "run").glob("replaced-*")
     assert {p.name: p.read_bytes() for p in aside.iterdir()} == {p.name: b for p, b in before.items()
                                                                  if p.parent == tmp_path / "run"}
@@ -175,12 +169,8 @@ def test_a_rerun_into_a_finished_out_dir_is_refused_and_restart_moves_it_aside(t
 @pytest.mark.parametrize("content, message", [(b"\xff\xfe", "not UTF-8"), (b"[1, 2]", "not a record"),
                                               (None, "is a directory"), (b'[{"prompt": "p", "response": "r", '
                                                                          b'"behaviors": ["x"]}]', "unknown behaviour")])
-def test_bad_data_is_one_line_before_the_model_loads(tiny_model_dir, tmp_path, content, message, capsys, monkeypatch):
-    trainer = _trainer()
+def test_bad_data_is_one_line_before_the_model_loads(tiny_model_dir, tmp_path, content, message):
     path = tmp_path / "data.json"
     path.mkdir() if content is None else path.write_bytes(content)
-    monkeypatch.setattr(trainer, "load_model", lambda *a, **k: pytest.fail("the model loaded before the refusal"))
-    with pytest.raises(SystemExit) as exit_info:
-        trainer.main(_prosv_args(tiny_model_dir, tmp_path, path))
-    error = capsys.readouterr().err
-    assert exit_info.value.code == 2 and error.count("\n") == 1 and str(path) in error and message in error
+    error = _prosv(_prosv_args(tiny_model_dir, tmp_path, path), refused=True).stderr
+    assert str(path) in error and message in error

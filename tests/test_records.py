@@ -4,7 +4,8 @@ import json
 import pytest
 
 from steer_eval.errors import RecordFileError
-from steer_eval.runs.records import Record, Request, append_records, load_records, read_records, read_rows
+from steer_eval.runs.records import (Record, Request, append_records, append_rows, load_records, read_records,
+                                     read_rows)
 
 
 def _record(index=0, **changes):
@@ -96,3 +97,82 @@ def test_rows_that_are_not_records_are_an_error(tmp_path):
         list(read_records(path))
     with pytest.raises(RecordFileError, match="does not exist"):
         load_records(tmp_path / "missing.jsonl")
+
+
+# --- one crash rule for every JSONL file of the package -----------------------------------------------------------
+
+def _fluency_rows(path):
+    from steer_eval.judges.fluency import read_scores
+    return [{"key": key, "fluency": score} for (_, key), score in read_scores(path).items()]
+
+
+def _judge_cache_rows(path):
+    from steer_eval.judges.llm import _read_cache
+    return [{"key": key} for key in _read_cache(path)]
+
+
+def _training_log_rows(path):
+    return list(read_rows(path))
+
+
+def _records_rows(path):
+    return [{"key": record.prompt_id} for record in read_records(path)]
+
+
+FILE_KINDS = {  # name: (a row of that file as its writer writes it, the package's reader of that file)
+    "records": (lambda i: _record(i).to_json(), _records_rows),
+    "fluency sidecar": (lambda i: {"key": f"k{i}", "run": "r", "fluency": -1.5, "tokens": 3, "scorer": "s"},
+                        _fluency_rows),
+    "judge cache": (lambda i: {"key": f"k{i}", "judge_model": "j", "rubric_version": 1, "relevance": 2,
+                               "fluency": 1}, _judge_cache_rows),
+    "training log": (lambda i: {"step": i, "loss": 0.5}, _training_log_rows),
+}
+
+
+@pytest.mark.parametrize("kind", FILE_KINDS)
+def test_every_jsonl_file_repairs_a_last_line_cut_short_and_says_so(kind, tmp_path, caplog):
+    row, read = FILE_KINDS[kind]
+    path = tmp_path / "file.jsonl"
+    append_rows(path, [row(0), row(1)])
+    whole = path.read_bytes()
+    path.write_bytes(whole[:len(whole) - 10])  # a crash in the middle of writing the second line
+    assert len(read(path)) == 1
+    assert "(line 2) was cut short" in caplog.text
+    caplog.clear()
+    append_rows(path, [row(2)])  # the writer's next append removes the cut line first
+    assert "removed a last line cut short" in caplog.text
+    assert len(read(path)) == 2 and path.read_bytes().count(b"\n") == 2
+
+
+@pytest.mark.parametrize("kind", FILE_KINDS)
+def test_every_jsonl_file_refuses_a_broken_middle_line_naming_file_and_line(kind, tmp_path):
+    row, read = FILE_KINDS[kind]
+    path = tmp_path / "file.jsonl"
+    append_rows(path, [row(0), row(1), row(2)])
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + lines[1][:15] + b"\n" + lines[2])
+    with pytest.raises(RecordFileError) as error:
+        read(path)
+    assert str(error.value).startswith(f"{path} line 2 ") and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("kind", FILE_KINDS)
+def test_every_jsonl_file_refuses_a_folder_in_its_place(kind, tmp_path):
+    path = tmp_path / "file.jsonl"
+    path.mkdir()
+    with pytest.raises(RecordFileError, match=f"{path} is a folder where a JSONL file belongs"):
+        FILE_KINDS[kind][1](path)
+    with pytest.raises(RecordFileError, match=f"{path} is a folder"):
+        append_rows(path, [FILE_KINDS[kind][0](0)])
+
+
+def test_a_broken_last_line_is_refused_not_dropped(tmp_path):
+    path = tmp_path / "file.jsonl"
+    append_rows(path, [{"step": 1}])
+    with path.open("ab") as handle:
+        handle.write(b"not json at all")  # not the start of a JSON object: damage, not a crash
+    with pytest.raises(RecordFileError, match="line 2 is not a JSON record"):
+        list(read_rows(path))
+    with pytest.raises(RecordFileError, match="line 2 is not a JSON record"):
+        append_rows(path, [{"step": 2}])
+    assert path.read_bytes().endswith(b"not json at all")  # nothing removed

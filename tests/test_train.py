@@ -1,6 +1,5 @@
 """The trainer's mechanics on the tiny random Llama: loss, what changes, <and>, resume, two-process data parallel."""
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -14,17 +13,50 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from steer_eval.errors import UserError
+from steer_eval.training.examples import initial_vectors, make_examples, orthogonality_penalty, semantic_init
+from steer_eval.training.inputs import read_training_data
+from steer_eval.training.trainer_setup import TrainConfig, resumed_config
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "trainers" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TRAIN = REPO / "trainers" / "train.py"
+CPU = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
-trainer = _load("train")
+def _argv(config: TrainConfig) -> list[str]:
+    """The command line of `config` (the settings that differ from the defaults)."""
+    argv = []
+    for f in dataclasses.fields(TrainConfig):
+        value, default = getattr(config, f.name), getattr(TrainConfig(), f.name)
+        if value == default:
+            continue
+        if isinstance(value, bool):
+            argv.append(f"--{'' if value else 'no-'}{f.name}")
+        else:
+            argv += [f"--{f.name}", *(map(str, value) if isinstance(value, list) else [str(value)])]
+    return argv
+
+
+def _train(config_or_argv) -> dict:
+    """trainers/train.py run as a user runs it; its summary.json."""
+    argv = _argv(config_or_argv) if isinstance(config_or_argv, TrainConfig) else config_or_argv
+    result = subprocess.run([sys.executable, str(TRAIN), *argv], capture_output=True, text=True, env=CPU, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out_dir = argv[argv.index("--out_dir") + 1]
+    return json.loads((Path(out_dir) / "summary.json").read_text()) if (Path(out_dir) / "summary.json").exists() else {}
+
+
+def _refused(argv) -> str:
+    """What trainers/train.py says when it refuses `argv`: exit status 2, one line on stderr (no traceback)."""
+    result = subprocess.run([sys.executable, str(TRAIN), *argv], capture_output=True, text=True, env=CPU, timeout=300)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and not result.stdout, result.stderr
+    return result.stderr
+
+
+def _vector(config, name):
+    return load_file(Path(config.tokens_dir) / name / "vector.safetensors")["vector"]
 
 
 def _write(path, records):
@@ -48,7 +80,7 @@ def _config(tiny_model_dir, tmp_path, data_file, **overrides):
     options = dict(model=str(tiny_model_dir), data=[data_file], out_dir=str(tmp_path / "run"),
                    tokens_dir=str(tmp_path / "tokens"), batch_size=4, epochs=1, lr=1e-2, log_every=1,
                    checkpoint_every=100)
-    return trainer.TrainConfig(**{**options, **overrides})
+    return TrainConfig(**{**options, **overrides})
 
 
 def _log(config):
@@ -60,7 +92,7 @@ def behaviour_run(tiny_model_dir, data, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("behaviour-run")
     config = _config(tiny_model_dir, tmp_path, data["singles"], epochs=2, temperature=1.0, run_validation=True,
                      val_data_path=[data["singles"]])
-    return config, trainer.train(config)
+    return config, _train(config)
 
 
 def test_training_lowers_the_validation_loss(behaviour_run):
@@ -69,30 +101,22 @@ def test_training_lowers_the_validation_loss(behaviour_run):
     assert val[-1] < 0.9 * val[0]
 
 
-def test_model_weights_never_change(behaviour_run, tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-    _, result = behaviour_run
-    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
-    trained = result["model"].state_dict()
-    assert trained.keys() == fresh.keys()
-    assert all(torch.equal(trained[k].cpu(), fresh[k]) for k in fresh)
-
-
 def test_tokens_are_saved_with_their_config(behaviour_run):
     from steer_eval.steering.tokens import TokenStore
     config, result = behaviour_run
     store = TokenStore(config.tokens_dir)
     assert store.names() == ["spanish", "words_10_50"]
     token = store.load("spanish")
-    assert torch.equal(token.vector, result["params"]["spanish"].detach().cpu())
+    assert torch.equal(token.vector, _vector(config, "spanish"))
     assert token.training_config["lr"] == config.lr and token.training_config["summary"]["steps"] == 6
+    assert result["summary"]["steps"] == 6
 
 
 def test_semantic_init_is_the_mean_instruction_embedding(tiny_hf):
     from steer_eval.scoring.behaviors import get_behavior
     ids = tiny_hf.tokenizer.encode(get_behavior("german").instructions[0], add_special_tokens=False)
     expected = torch.stack([tiny_hf.embedding_weight[i] for i in ids]).mean(0)
-    assert torch.allclose(trainer.semantic_init("german", tiny_hf.tokenizer, tiny_hf.embeddings), expected)
+    assert torch.allclose(semantic_init("german", tiny_hf.tokenizer, tiny_hf.embeddings), expected)
 
 
 def test_and_stage_changes_only_and(behaviour_run, tiny_model_dir, data, tmp_path):
@@ -101,11 +125,9 @@ def test_and_stage_changes_only_and(behaviour_run, tiny_model_dir, data, tmp_pat
     shutil.copytree(behaviour_config.tokens_dir, store_dir)
     before = {p: p.read_bytes() for p in store_dir.rglob("*") if p.is_file()}
     config = _config(tiny_model_dir, tmp_path, data["pairs"], stage="and", tokens_dir=str(store_dir), batch_size=2)
-    result = trainer.train(config)
-    for name, vector in result["frozen"].items():
-        assert torch.equal(vector.cpu(), load_file(store_dir / name / "vector.safetensors")["vector"])
+    _train(config)
     assert {p: p.read_bytes() for p in before} == before  # behaviour tokens on disk untouched
-    assert set(result["params"]) == {"<and>"} and result["params"]["<and>"].abs().sum() > 0
+    assert _vector(config, "and").abs().sum() > 0
     assert (store_dir / "and" / "metadata.json").is_file()
     orth = [entry["orth"] for entry in _log(config) if "orth" in entry]
     assert orth[0] == 0 and orth[-1] > 0  # zero at the zero vector, live once <and> has moved
@@ -114,13 +136,13 @@ def test_and_stage_changes_only_and(behaviour_run, tiny_model_dir, data, tmp_pat
 def test_and_starts_at_zero(tiny_hf, data, behaviour_run):
     from steer_eval.steering.tokens import TokenStore
     config, _ = behaviour_run
-    records = trainer.load_records([data["pairs"]])
-    examples = trainer.make_examples(records, tiny_hf.tokenizer, "and", 32)
-    params, frozen = trainer.initial_vectors("and", examples, tiny_hf.tokenizer, tiny_hf.embeddings,
+    records, _ = read_training_data([data["pairs"]])
+    examples = make_examples(records, tiny_hf.tokenizer, "and", 32)
+    params, frozen = initial_vectors("and", examples, tiny_hf.tokenizer, tiny_hf.embeddings,
                                              TokenStore(config.tokens_dir), None)
     assert list(params) == ["<and>"] and torch.count_nonzero(params["<and>"]) == 0
     assert set(frozen) == {"spanish", "words_10_50"}
-    penalty = trainer.orthogonality_penalty(params["<and>"], frozen.values())
+    penalty = orthogonality_penalty(params["<and>"], frozen.values())
     penalty.backward()
     assert penalty.item() == 0 and torch.count_nonzero(params["<and>"].grad) == 0
 
@@ -133,40 +155,43 @@ def test_orthogonality_penalty_matches_hand_computation():
         return dot / (math.sqrt(sum(p * p for p in x)) * math.sqrt(sum(q * q for q in y)))
 
     expected = cos(a, b) ** 2 + cos(a, c) ** 2
-    got = trainer.orthogonality_penalty(torch.tensor(a, dtype=torch.float64),
-                                        [torch.tensor(b, dtype=torch.float64), torch.tensor(c, dtype=torch.float64)])
+    got = orthogonality_penalty(torch.tensor(a, dtype=torch.float64),
+                                [torch.tensor(b, dtype=torch.float64), torch.tensor(c, dtype=torch.float64)])
     assert got.item() == pytest.approx(expected, rel=1e-12)
 
 
-def test_bfloat16_base_trains_and_saves_float32_vectors(tiny_model_dir, data, tmp_path):
+def test_bfloat16_base_trains_and_saves_float32_vectors(tiny_model_dir, tiny_hf, data, tmp_path):
     config = _config(tiny_model_dir, tmp_path, data["singles"], dtype="bfloat16", group_size=2)
-    result = trainer.train(config)
-    assert result["model"].dtype == torch.bfloat16 and result["summary"]["dtype"] == "bfloat16"
-    assert all(p.dtype == torch.float32 and p.grad.abs().sum() > 0 for p in result["params"].values())
-    assert math.isfinite(result["summary"]["final_loss"])
+    summary = _train(config)["summary"]
+    assert summary["dtype"] == "bfloat16" and math.isfinite(summary["final_loss"])
+    initial = semantic_init("spanish", tiny_hf.tokenizer, tiny_hf.embeddings)
+    vector = _vector(config, "spanish")
+    assert vector.dtype == torch.float32 and not torch.equal(vector, initial)
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_model_dir, data, tmp_path):
     whole = _config(tiny_model_dir, tmp_path / "whole", data["singles"], epochs=2)
-    whole_vector = trainer.train(whole)["params"]["spanish"].detach().clone()
+    _train(whole)
+    whole_vector = _vector(whole, "spanish")
 
     parted = _config(tiny_model_dir, tmp_path / "parted", data["singles"], epochs=2, stop_after=4)
-    trainer.train(parted)
+    _train(parted)
     assert not (Path(parted.tokens_dir) / "spanish").exists()  # stopped early: no token yet
-    resumed, checkpoint = trainer.resumed_config(["--out_dir", parted.out_dir, "--resume"])
+    resumed, checkpoint = resumed_config(["--out_dir", parted.out_dir, "--resume"])
     assert checkpoint["step"] == 4 and resumed.lr == parted.lr
-    moved, _ = trainer.resumed_config(["--out_dir", parted.out_dir, "--resume", "--cuda_graphs", "off"])
+    moved, _ = resumed_config(["--out_dir", parted.out_dir, "--resume", "--cuda_graphs", "off"])
     assert moved.cuda_graphs == "off" and moved.lr == parted.lr  # what to run on comes from the command line
-    resumed_vector = trainer.train(resumed, checkpoint)["params"]["spanish"].detach()
+    _train(["--out_dir", parted.out_dir, "--resume"])
+    resumed_vector = _vector(parted, "spanish")
     assert torch.equal(resumed_vector, whole_vector)
     losses = lambda config: [e["loss"] for e in _log(config) if "loss" in e]  # noqa: E731
-    assert losses(resumed) == losses(whole)
+    assert losses(parted) == losses(whole)
 
 
 @pytest.mark.slow
 def test_kill_9_between_checkpoints_then_resume_reproduces_the_uninterrupted_run(tiny_model_dir, data, tmp_path):
     """A process killed mid-run (after a checkpoint, before the next) and resumed gives the same tokens and log."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = CPU
     base = [sys.executable, str(REPO / "trainers" / "train.py"), "--model", str(tiny_model_dir), "--data",
             data["singles"], "--batch_size", "2", "--epochs", "4", "--lr", "1e-2", "--log_every", "1",
             "--checkpoint_every", "5", "--device", "cpu"]
@@ -208,26 +233,24 @@ class _RunsCode:
 def _manifest(out_dir, **config):
     """run.json of a run of these settings that has not yet taken a step (as the trainer writes it)."""
     from steer_eval.training.run_folder import RunFolder, TrainingIdentity
-    settings = {**dataclasses.asdict(trainer.TrainConfig(model="m", data=["d.json"])), **config}
+    settings = {**dataclasses.asdict(TrainConfig(model="m", data=["d.json"])), **config}
     RunFolder(out_dir, "train.py").start(TrainingIdentity.of("train.py", settings, [], "fingerprint"), restart=False)
 
 
-def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path, capsys):
+def test_resume_never_runs_code_from_a_crafted_checkpoint(tmp_path):
     marker = tmp_path / "pwned"
     out_dir = tmp_path / "run"
     _manifest(out_dir)
     torch.save({"config": {}, "payload": _RunsCode(marker)}, out_dir / "ckpt.pt")
-    with pytest.raises(SystemExit) as exit_info:
-        trainer.main(["--out_dir", str(out_dir), "--resume"])
-    error = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "is not a checkpoint this trainer wrote" in error and "--restart" in error
+    error = _refused(["--out_dir", str(out_dir), "--resume"])
+    assert "is not a checkpoint this trainer wrote" in error and "--restart" in error
     assert not marker.exists()
     torch.load(out_dir / "ckpt.pt", weights_only=False)  # the same file under full unpickling: the code runs
     assert marker.read_text() == "code ran"
 
 
 def test_torchrun_two_cpu_processes_agree(tiny_model_dir, data, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = CPU
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                str(REPO / "trainers" / "train.py"), "--model", str(tiny_model_dir), "--data", data["singles"],
                "--out_dir", str(tmp_path / "run"), "--tokens_dir", str(tmp_path / "tokens"), "--batch_size", "4",
@@ -239,42 +262,36 @@ def test_torchrun_two_cpu_processes_agree(tiny_model_dir, data, tmp_path):
     assert (tmp_path / "tokens" / "spanish" / "vector.safetensors").is_file()
 
 
-def test_resume_refuses_a_run_of_an_older_trainer(tmp_path, capsys):
+def test_resume_refuses_a_run_of_an_older_trainer(tmp_path):
     out_dir = tmp_path / "run"
     _manifest(out_dir, autocast="auto")
-    with pytest.raises(SystemExit) as exit_info:
-        trainer.main(["--out_dir", str(out_dir), "--resume"])
-    assert exit_info.value.code == 2
-    assert "another version of this trainer (settings autocast)" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"another version of this trainer \(settings autocast\)"):
+        resumed_config(["--out_dir", str(out_dir), "--resume"])
 
 
 @pytest.mark.parametrize("flags", [["--dtype", "float16"], ["--group_size", "-2"], ["--cuda_graphs", "yes"],
                                    ["--cuda_graphs", "on", "--gradient_checkpointing"]])
-def test_bad_precision_or_group_size_is_one_clear_line(flags, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        trainer.parse_config(["--data", "d.json", *flags])
-    assert exit_info.value.code == 2 and flags[0] in capsys.readouterr().err
+def test_bad_precision_or_group_size_is_one_clear_line(flags):
+    assert flags[0] in _refused(["--data", "d.json", *flags])
 
 
 @pytest.mark.parametrize("content, message", [(None, "does not exist"), ("{not json", "not valid JSON"),
                                               ('[1, 2]', "every record needs"), ('{"a": 1}', "every record needs")])
-def test_bad_data_files_are_one_clear_line(tmp_path, content, message, capsys):
+def test_bad_data_files_are_one_clear_line(tmp_path, content, message):
     path = tmp_path / "data.json"
     if content is not None:
         path.write_text(content)
-    with pytest.raises(SystemExit) as exit_info:
-        trainer.load_records([path])
-    error = capsys.readouterr().err
-    assert exit_info.value.code == 2 and message in error and str(path) in error and len(error.splitlines()) == 1
+    with pytest.raises(UserError) as error_info:
+        read_training_data([path])
+    error = str(error_info.value)
+    assert message in error and str(path) in error and len(error.splitlines()) == 1
 
 
 def test_missing_data_is_a_clear_error():
-    with pytest.raises(SystemExit):
-        trainer.parse_config(["--stage", "behaviour"])
+    error = _refused(["--stage", "behaviour"])
+    assert error == "steer-eval: error: --data is required: JSON files from trainers/build_data.py\n"
 
 
-def test_cuda_graphs_on_a_cpu_is_one_clear_line(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        trainer.train(trainer.parse_config(["--data", "d.json", "--cuda_graphs", "on", "--device", "cpu"]))
-    error = capsys.readouterr().err
-    assert exit_info.value.code == 2 and "CUDA graphs need a CUDA device" in error and "--cuda_graphs off" in error
+def test_cuda_graphs_on_a_cpu_is_one_clear_line():
+    error = _refused(["--data", "d.json", "--cuda_graphs", "on", "--device", "cpu"])
+    assert "CUDA graphs need a CUDA device" in error and "--cuda_graphs off" in error

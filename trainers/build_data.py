@@ -9,13 +9,12 @@ where it stopped); the training files `<out_dir>/<category>/<behaviour>_<split>.
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without an install too
-from steer_eval.runs.backend_spec import BackendSpec  # noqa: E402
-from steer_eval.errors import UserError  # noqa: E402
-from steer_eval.backends.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig, chat_template_options  # noqa: E402
-from steer_eval.steering.embedded import DEFAULT_MODEL  # noqa: E402
+from steer_eval.backends.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig, chat_template_options
+from steer_eval.errors import UserError
+from steer_eval.log import show_on_stderr
+from steer_eval.runs.backend_spec import BackendSpec
+from steer_eval.steering.embedded import DEFAULT_MODEL
 
 
 def parse_args(argv=None):
@@ -43,6 +42,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    show_on_stderr()
     from steer_eval.training.teacher import build
 
     args = parse_args(argv)

@@ -15,12 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/caa.py` from a checkout
-from steer_eval.training.caa import caa_token, contrastive_means  # noqa: E402
-from steer_eval.errors import UserError  # noqa: E402
-from steer_eval.backends.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig  # noqa: E402
-from steer_eval.steering.embedded import DEFAULT_MODEL  # noqa: E402
-from steer_eval.scoring.prompts import bundled_prompts  # noqa: E402
+from steer_eval.backends.generation import DEFAULT_MAX_NEW_TOKENS, GenerationConfig
+from steer_eval.errors import UserError
+from steer_eval.log import show_on_stderr
+from steer_eval.scoring.prompts import bundled_prompts
+from steer_eval.steering.embedded import DEFAULT_MODEL
+from steer_eval.training.caa import caa_token, contrastive_means
 
 
 def parse_args(argv=None):
@@ -77,6 +77,7 @@ def markdown(rows, behaviors, chosen) -> str:
 
 
 def main(argv=None) -> int:
+    show_on_stderr()
     args = parse_args(argv)
     try:
         from steer_eval.backends.hf import HFBackend

@@ -14,10 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without an install too
-from steer_eval.scoring.behaviors import BEHAVIORS  # noqa: E402
-from steer_eval.runs.records import iter_records, rejudge  # noqa: E402
-from steer_eval.training.token_eval import accuracy  # noqa: E402
+from steer_eval.log import show_on_stderr
+from steer_eval.runs.records import iter_records, rejudge
+from steer_eval.scoring.behaviors import BEHAVIORS
+from steer_eval.training.token_eval import accuracy
 
 
 def column(folder: str, method: str) -> dict:
@@ -51,6 +51,7 @@ def markdown(table: dict) -> str:
 
 
 def main(argv=None) -> int:
+    show_on_stderr()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--column", nargs=4, action="append", required=True,
                         metavar=("SPLIT", "LABEL", "METHOD", "RECORDS"))

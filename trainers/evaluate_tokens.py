@@ -13,11 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a checkout without an install too
-from steer_eval.errors import UserError  # noqa: E402
-from steer_eval.backends.generation import DEFAULT_MAX_NEW_TOKENS  # noqa: E402
-from steer_eval.steering.embedded import DEFAULT_MODEL  # noqa: E402
-from steer_eval.training.token_eval import PAIR_CONDITIONS, SINGLE_METHODS, summarize  # noqa: E402
+from steer_eval.backends.generation import DEFAULT_MAX_NEW_TOKENS
+from steer_eval.errors import UserError
+from steer_eval.log import show_on_stderr
+from steer_eval.steering.embedded import DEFAULT_MODEL
+from steer_eval.training.token_eval import PAIR_CONDITIONS, SINGLE_METHODS, markdown, summarize
 
 
 def generate(args) -> None:
@@ -39,6 +39,7 @@ def generate(args) -> None:
 
 
 def main(argv=None) -> int:
+    show_on_stderr()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate")
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         if args.command == "generate":
             generate(args)
         else:
-            summarize(args.records, args.out, args.split)
+            print(markdown(summarize(args.records, args.out, args.split)))
     except UserError as error:
         print(f"evaluate_tokens.py: error: {error}", file=sys.stderr)
         return 2

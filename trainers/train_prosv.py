@@ -15,39 +15,29 @@ the first step; a finished run or another run in the out_dir is refused, `--rest
 `replaced-<date>/` first. There are no checkpoints: an interrupted run starts again from the beginning.
 """
 import argparse
-import importlib.util
 import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python trainers/train_prosv.py` from a checkout
-from steer_eval.steering.activation import Intervention, added_to_layers, check_layer, decoder_layers, vector_name  # noqa: E402
-from steer_eval.steering.assembly import assemble  # noqa: E402
-from steer_eval.scoring.behaviors import get_behavior  # noqa: E402
-from steer_eval.training.distillation import distillation_step, training_dtype, training_group_size  # noqa: E402
-from steer_eval.errors import UserError  # noqa: E402
-from steer_eval.steering.models import load_model, model_label, weights_fingerprint  # noqa: E402
-from steer_eval.steering.tokens import ModelIdentity, SteeringToken, TokenStore, default_tokens_dir  # noqa: E402
-from steer_eval.training.run_folder import (RunFolder, TrainingIdentity, check_tokens_free,  # noqa: E402
-                                     read_training_data)
+from steer_eval.errors import UserError
+from steer_eval.log import show_on_stderr
+from steer_eval.runs.records import append_rows
+from steer_eval.scoring.behaviors import get_behavior
+from steer_eval.steering.activation import Intervention, added_to_layers, check_layer, decoder_layers, vector_name
+from steer_eval.steering.assembly import assemble
+from steer_eval.steering.models import load_model, model_label, weights_fingerprint
+from steer_eval.steering.tokens import ModelIdentity, SteeringToken, TokenStore, default_tokens_dir
+from steer_eval.training.distillation import distillation_step, training_dtype, training_group_size
+from steer_eval.training.examples import epoch_order, example_rng, make_examples, student_deltas, teacher_prompt
+from steer_eval.training.inputs import read_training_data
+from steer_eval.training.run_folder import RunFolder, TrainingIdentity, check_tokens_free
+from steer_eval.training.trainer_setup import fail
 
 TRAINER = "train_prosv.py"
-
-
-def _distillation():
-    """trainers/train.py's data functions (one implementation of the data and the teacher)."""
-    spec = importlib.util.spec_from_file_location("steer_eval_trainer", Path(__file__).with_name("train.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-distill = _distillation()
 
 
 def parse_args(argv=None):
@@ -85,16 +75,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    show_on_stderr()
     args = parse_args(argv)
     try:
         return train(args)
     except UserError as error:  # bad data, behaviour, token, model or out_dir
-        distill.fail(str(error))
-
-
-def student_deltas(directions, factors, behaviors):
-    """(batch, hidden): factor_b * direction_b / |direction_b| for each example's behaviour."""
-    return torch.stack([factors[b] * directions[b] / directions[b].norm() for b in behaviors])
+        fail(str(error))
 
 
 def train(args) -> dict:
@@ -109,7 +95,7 @@ def train(args) -> dict:
     if args.behaviors:
         records = [r for r in records if r["behaviors"][0] in args.behaviors]
     if not records:
-        distill.fail("no training records for the behaviours asked for; check --data and --behaviors")
+        fail("no training records for the behaviours asked for; check --data and --behaviors")
     folder = RunFolder(args.out_dir, TRAINER)
     inputs = TrainingIdentity.of(TRAINER, vars(args), data_files, weights_fingerprint(args.model))
     folder.check(inputs, resume=False, restart=args.restart)  # run.json is written once the model has loaded
@@ -117,13 +103,14 @@ def train(args) -> dict:
     check_tokens_free(store, [vector_name("prosv", b) for b in sorted({r["behaviors"][0] for r in records})],
                       args.out_dir, args.overwrite_tokens)
 
+    print(f"loading {args.model} on {device}", file=sys.stderr, flush=True)
     model, tokenizer = load_model(args.model, device=device, dtype=dtype)
     layer = len(decoder_layers(model)) // 2 if args.layer is None else args.layer
     check_layer(model, layer)
     embedding_weight = model.get_input_embeddings().weight
     identity = ModelIdentity.of(model_label(args.model), embedding_weight)
 
-    examples = distill.make_examples(records, tokenizer, "behaviour", args.max_response_tokens)
+    examples = make_examples(records, tokenizer, "behaviour", args.max_response_tokens)
     students = [assemble(e.prompt, e.behaviors, tokenizer, control_method="prosv") for e in examples]
     names = sorted({e.behaviors[0] for e in examples})
     generator = torch.Generator().manual_seed(args.seed)
@@ -141,17 +128,16 @@ def train(args) -> dict:
     if folder.replaced:
         print(f"--restart: moved the previous run's files into {folder.replaced}", flush=True)
     folder.open_log(0)  # lines of an interrupted start of this run are written again
-    log = folder.log.open("a", encoding="utf-8")
     print(f"prosv: {len(examples)} examples, vectors {names}, layer {layer}, last {args.positions} prompt "
           f"positions, {total} steps, device {device}, {dtype}", flush=True)
 
     started, step = time.time(), 0
     for step in tqdm(range(total), desc="train prosv"):
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        order = distill.epoch_order(len(examples), args.seed, epoch)
+        order = epoch_order(len(examples), args.seed, epoch)
         indices = order[in_epoch * args.batch_size:(in_epoch + 1) * args.batch_size]
         batch = [examples[i] for i in indices]
-        teachers = [distill.teacher_prompt(e, tokenizer, distill.example_rng(args.seed, epoch, i))
+        teachers = [teacher_prompt(e, tokenizer, example_rng(args.seed, epoch, i))
                     for e, i in zip(batch, indices)]
         student_prompts = [students[i] for i in indices]
 
@@ -167,10 +153,8 @@ def train(args) -> dict:
         optimizer.step()
         scheduler.step()
         if (step + 1) % args.log_every == 0 or step + 1 == total:
-            log.write(json.dumps({"step": step + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
-                                  "factors": {b: round(f.item(), 4) for b, f in factors.items()}}) + "\n")
-            log.flush()
-    log.close()
+            append_rows(folder.log, [{"step": step + 1, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
+                                      "factors": {b: round(f.item(), 4) for b, f in factors.items()}}])
 
     summary = {"steps": total, "examples": len(examples), "device": device, "dtype": dtype,
                "seconds": round(time.time() - started, 1), "final_loss": loss.item()}

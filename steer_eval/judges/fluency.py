@@ -31,9 +31,7 @@ def sidecar_path(source: str | Path) -> Path:
 
 def _rows(path: Path) -> Iterator[dict]:
     """The sidecar's score rows, by the records' crash rule (a last line cut short is ignored and scored again;
-    damage anywhere else is an error naming the file)."""
-    if path.exists() and not path.is_file():
-        raise UserError(f"{path} is a folder where fluency scores belong; move it away")
+    damage anywhere else, or a folder in its place, is an error naming the file)."""
     for number, row in enumerate(read_rows(path), start=1):
         if not isinstance(row.get("key"), str):
             raise UserError(f"{path}: row {number} is not a fluency score (no record key); move the file away and "

@@ -277,9 +277,8 @@ def judge_dir(source: str | Path) -> Path:
 
 
 def _read_cache(path: Path) -> dict[str, tuple[int, int]]:
-    """cache key -> (relevance, fluency); a row that is not a score is an error naming the file (never a crash)."""
-    if path.exists() and not path.is_file():
-        raise JudgeError(f"{path} is a folder where the judge's cache belongs; move it away")
+    """cache key -> (relevance, fluency), by the records' crash rule (`read_rows`); a row that is not a score is an
+    error naming the file (never a crash)."""
     cached = {}
     for number, row in enumerate(read_rows(path), start=1):
         scores = (row.get("relevance"), row.get("fluency"))

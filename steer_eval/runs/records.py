@@ -1,9 +1,10 @@
 """The one record format: a typed `Request` (one evaluation to run), a typed `Record` (its result), JSONL IO.
 
 Every path that produces results (grid, infer, token evaluation, teacher data) writes `Record`s through
-`append_records`, and every reader goes through `read_rows`/`read_records`. A record file is append-only JSONL;
-a crash can leave its last line cut short, which readers report and ignore and the next append removes.
-A broken line anywhere else is an error: records are never dropped silently.
+`append_records`, and every reader goes through `read_rows`/`read_records`. Every other JSONL file of the package
+(fluency sidecars, the LLM judge's cache, trainers' logs) goes through `append_rows`/`read_rows` too, under one crash
+rule: a file is append-only; a crash can leave its last line cut short, which readers report and ignore and the next
+append removes. A broken line anywhere else is an error naming the file and line: rows are never dropped silently.
 """
 from __future__ import annotations
 
@@ -177,7 +178,7 @@ _RECORD_FIELDS = frozenset({"id", "prompt_id", "prompt", "behaviors", "control_m
 # --- JSONL files ------------------------------------------------------------------------------------------------
 
 def _complete_lines(lines: Iterable[bytes], source: str) -> Iterator[str]:
-    """Lines that were written whole; a last line without its newline is cut short unless it is a JSON object."""
+    """Lines that were written whole; a last line without its newline is kept, ignored or an error (`_last_line`)."""
     for number, line in enumerate(lines, start=1):
         if line.endswith(b"\n"):
             try:
@@ -186,18 +187,30 @@ def _complete_lines(lines: Iterable[bytes], source: str) -> Iterator[str]:
                 raise RecordFileError(f"{source} line {number} is not UTF-8 text; the file is damaged: "
                                       "remove that line or write the records to a new folder") from None
             continue
-        try:
-            complete = isinstance(json.loads(line.decode("utf-8")), dict)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            complete = False
-        if complete:
+        whole = _last_line(line)
+        if whole is None:
+            raise _damaged(source, number)
+        if whole:
             yield line.decode("utf-8")
-        elif _cut_short(line):
-            logger.warning(f"{source}: the last line (line {number}) was cut short, probably by a crash while writing; "
-                  "it is ignored and its evaluation will run again")
         else:
-            raise RecordFileError(f"{source} line {number} is not a JSON record (nor one cut short by a crash); "
-                                  "give a records file written by steer-eval, or remove that line")
+            logger.warning(f"{source}: the last line (line {number}) was cut short, probably by a crash while "
+                           "writing; it is ignored and what it held is written again")
+
+
+def _last_line(line: bytes) -> bool | None:
+    """The crash rule for a last line without its newline: True when it is a whole JSON object (kept), False when
+    it is the start of one cut short by a crash (dropped), None when it is neither (the file is damaged)."""
+    try:
+        if isinstance(json.loads(line.decode("utf-8")), dict):
+            return True
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    return False if _cut_short(line) else None
+
+
+def _damaged(source: str, number: int) -> RecordFileError:
+    return RecordFileError(f"{source} line {number} is not a JSON record (nor one cut short by a crash); give a "
+                           "file written by steer-eval, or remove that line")
 
 
 def _cut_short(line: bytes) -> bool:
@@ -225,9 +238,9 @@ def parse_lines(lines: Iterable[bytes], source: str) -> Iterator[dict]:
 
 
 def read_rows(path: str | Path) -> Iterator[dict]:
-    """Rows of one JSONL file, streamed (nothing if it does not exist)."""
+    """Rows of one JSONL file, streamed (nothing if it does not exist; anything but a file there is an error)."""
     path = Path(path)
-    if not path.is_file():
+    if not _is_jsonl_file(path):
         return
     try:
         handle = path.open("rb")
@@ -235,6 +248,16 @@ def read_rows(path: str | Path) -> Iterator[dict]:
         raise RecordFileError(f"cannot read {path}: {error.strerror}; give a readable records file") from None
     with handle:
         yield from parse_lines(handle, str(path))
+
+
+def _is_jsonl_file(path: Path) -> bool:
+    """Whether a file is there (False: nothing is); anything but a regular file is an error."""
+    if not path.exists():
+        return False
+    if not path.is_file():
+        raise RecordFileError(f"{path} is {'a folder' if path.is_dir() else 'not a regular file'} where a JSONL "
+                              "file belongs; move it away")
+    return True
 
 
 def parse_record(row: dict, source: str, number: int) -> Record:
@@ -294,8 +317,9 @@ def load_records(source: str | Path) -> list[Record]:
 
 
 def repair_tail(path: Path) -> None:
-    """Before appending: drop a last line cut short by a crash (or end a complete one with its newline)."""
-    if not path.is_file() or path.stat().st_size == 0:
+    """Before appending: drop a last line cut short by a crash (or end a whole one with its newline); a last line
+    that is neither is an error naming it (`_last_line`)."""
+    if not _is_jsonl_file(path) or path.stat().st_size == 0:
         return
     with path.open("rb+") as handle:
         handle.seek(-1, os.SEEK_END)
@@ -312,15 +336,15 @@ def repair_tail(path: Path) -> None:
         start = position + tail.rfind(b"\n") + 1 if b"\n" in tail else 0
         handle.seek(start)
         last = handle.read()
-        try:
-            complete = isinstance(json.loads(last.decode("utf-8")), dict)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            complete = False
-        if complete:
-            handle.seek(0, os.SEEK_END)
+        whole = _last_line(last)
+        if whole is None:
+            handle.seek(0)
+            raise _damaged(str(path), handle.read(start).count(b"\n") + 1)
+        if whole:
             handle.write(b"\n")
         else:
-            logger.warning(f"{path}: removed a last line cut short by a crash ({len(last)} bytes); its evaluation runs again")
+            logger.warning(f"{path}: removed a last line cut short by a crash ({len(last)} bytes); what it held "
+                           "is written again")
             handle.truncate(start)
 
 
@@ -337,12 +361,17 @@ def decode_records(data: bytes, source: str = "worker output") -> list[Record]:
     return [Record.from_json(row) for row in parse_lines(io.BytesIO(data), source)]
 
 
-def append_records(path: str | Path, records: Sequence[Record | Mapping] | bytes) -> None:
-    """Append whole lines and flush them to disk, so a crash loses at most the records not yet written."""
+def append_rows(path: str | Path, rows: Iterable[Mapping] | bytes) -> None:
+    """Append whole JSONL lines (rows, or lines already encoded) and flush them to disk, so a crash loses at most
+    the rows not yet written; a last line a crash cut short is removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     repair_tail(path)
     with path.open("ab") as handle:
-        handle.write(records if isinstance(records, bytes) else encode_records(records))
+        handle.write(rows if isinstance(rows, bytes) else encode_records(rows))
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def append_records(path: str | Path, records: Sequence[Record | Mapping] | bytes) -> None:
+    append_rows(path, records)

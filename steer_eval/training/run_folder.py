@@ -1,5 +1,5 @@
-"""A trainer's output folder (`--out_dir`) as one run with an identity, and the training-data loader the trainers
-(trainers/train.py, trainers/train_prosv.py, benchmarks/bench_train.py) share.
+"""A trainer's output folder (`--out_dir`) as one run with an identity, held by one trainer at a time (a lock file
+beside it). Shared by trainers/train.py and trainers/train_prosv.py.
 
 A run's files: `run.json` (the manifest), `ckpt.pt`, `log.jsonl`, `summary.json`. Before its first step a trainer
 writes `run.json` (a temporary file, then os.replace): a run id (new at every start), the trainer, its settings
@@ -18,32 +18,29 @@ Every checkpoint carries the run id; a finished run's manifest says where its to
   has nothing to resume and is refused.
 - The log is append-only. On resume the lines after the checkpoint's log position are dropped (they are written
   again); a log shorter than that position, or not ending a line there, is refused (never padded); a last line cut
-  short by a crash is removed first (`steer_eval.runs.records.repair_tail`).
+  short by a crash is removed first, and lines are appended, by the records' crash rule
+(`steer_eval.runs.records.append_rows`).
 
-Every file read here (data, manifest, checkpoint) that is missing, a directory, empty, not UTF-8, not JSON or of
-the wrong shape raises a `UserError` whose message is one line naming the file, what is wrong and the fix.
+A manifest or checkpoint that cannot be used raises a `UserError` whose message is one line naming the file, what is
+wrong and the fix (`steer_eval.training.inputs`, `steer_eval.training.checkpoints`).
 """
 from __future__ import annotations
 
 import dataclasses
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import random
 import secrets
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from steer_eval.scoring.behaviors import BEHAVIORS
-from steer_eval.errors import RunMismatchError, UserError, brief
+from steer_eval.errors import RunMismatchError, brief
 from steer_eval.runs.records import repair_tail
 from steer_eval.steering.tokens import TokenError
+from steer_eval.training.checkpoints import CHECKPOINT_FIELDS, read_checkpoint
+from steer_eval.training.inputs import TrainingInputError, kind_of, parse_json, read_input, short
 
 logger = logging.getLogger(__name__)
 
@@ -54,145 +51,10 @@ RUN_FILES = (MANIFEST, CHECKPOINT, CHECKPOINT + ".tmp", LOG, SUMMARY, MANIFEST +
 VOLATILE = ("resume", "restart", "stop_after", "device", "cuda_graphs", "out_dir", "overwrite_tokens")
 BY_CONTENT = ("model", "data", "val_data_path")  # compared by the files' contents, not their paths
 MANIFEST_VERSION = 1
-DATA_FIX = "make the data with trainers/build_data.py"
-
-
-class TrainingInputError(UserError):
-    """A file handed to a trainer (data, manifest, checkpoint) that it cannot use."""
 
 
 class TrainingRunError(RunMismatchError):
     """An output folder that holds another run, or a run that cannot continue as asked."""
-
-
-def short(value, limit: int = 80) -> str:
-    """repr() of a value from a file, cut to `limit` characters: a hostile file cannot flood the message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _kind(value) -> str:
-    return {dict: "a JSON object", list: "a JSON list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def read_input(path, fix: str) -> bytes:
-    """The bytes of a file a trainer was handed, or one line saying why not."""
-    path = Path(path)
-    if path.is_dir():
-        raise TrainingInputError(f"{path} is a directory, not a file; {fix}")
-    if not path.exists():
-        raise TrainingInputError(f"{path} does not exist; {fix}")
-    if not path.is_file():
-        raise TrainingInputError(f"{path} is not a regular file; {fix}")
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise TrainingInputError(f"{path} cannot be read ({error.strerror}); {fix}") from None
-    if not data:
-        raise TrainingInputError(f"{path} is empty; {fix}")
-    return data
-
-
-def parse_json(path, data: bytes, fix: str, lines: bool = False):
-    """A JSON document (or, with `lines`, a list of one JSON value per non-blank line), or one line saying why not."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise TrainingInputError(f"{path} is not UTF-8 text (byte {data[error.start]:#04x} at offset {error.start}); "
-                                 f"{fix}") from None
-    documents = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()] if lines else [(0, text)]
-    values = []
-    for number, document in documents:
-        where = f"{path} line {number}" if lines else str(path)
-        try:
-            values.append(json.loads(document))
-        except RecursionError:
-            raise TrainingInputError(f"{where} nests JSON too deeply to be a record; {fix}") from None
-        except ValueError as error:  # JSONDecodeError, and numbers too long to convert
-            raise TrainingInputError(f"{where} is not valid JSON ({brief(error, 120)}); {fix}") from None
-    return values if lines else values[0]
-
-
-# ----------------------------------------------------------------------------- training data
-
-def check_record(row, where: str, stage: str | None) -> dict:
-    """One training record {prompt: str, response: str, behaviors: [known ids]}, checked for the stage if given."""
-    if not isinstance(row, dict):
-        raise TrainingInputError(f"{where} is {_kind(row)}, not a record (every record needs prompt, response and "
-                                 f"behaviors); {DATA_FIX}")
-    missing = [key for key in ("prompt", "response", "behaviors") if key not in row]
-    if missing:
-        raise TrainingInputError(f"{where} has no {', '.join(missing)} (every record needs prompt, response and "
-                                 f"behaviors); {DATA_FIX}")
-    for key in ("prompt", "response"):
-        if not isinstance(row[key], str):
-            raise TrainingInputError(f"{where}: {key} is {_kind(row[key])}, not a string; {DATA_FIX}")
-    behaviors = row["behaviors"]
-    if not isinstance(behaviors, list) or not behaviors or not all(isinstance(b, str) for b in behaviors):
-        raise TrainingInputError(f"{where}: behaviors is {short(behaviors, 60)}, not a non-empty list of behaviour "
-                                 f"ids; {DATA_FIX}")
-    for behavior in behaviors:
-        if behavior not in BEHAVIORS:
-            raise TrainingInputError(f"{where}: unknown behaviour {short(behavior, 60)}; known behaviours: "
-                                     f"{', '.join(BEHAVIORS)}")
-    if stage is not None and (stage == "and") != (len(behaviors) > 1):
-        raise TrainingInputError(f"{where}: stage {stage} got a record with behaviours {behaviors}; stage behaviour "
-                                 "takes single-behaviour files, stage and takes pair files")
-    if stage == "and" and any(BEHAVIORS[b].unseen for b in behaviors):
-        raise TrainingInputError(f"{where}: <and> is trained on seen behaviours only, but the record holds "
-                                 f"{behaviors}; held-out (unseen) behaviours measure zero-shot composition")
-    return row
-
-
-def read_training_data(paths, stage: str | None = None) -> tuple[list[dict], list[list[str]]]:
-    """(records, [[path, sha256 of its bytes], ...]) of JSON lists or JSONL files of {prompt, response, behaviors}."""
-    records, digests = [], []
-    for path in paths:
-        data = read_input(path, DATA_FIX)
-        digests.append([str(path), hashlib.sha256(data).hexdigest()])
-        if str(path).endswith(".jsonl"):
-            rows = parse_json(path, data, DATA_FIX, lines=True)
-            places = [f"{path} line {n}" for n, line in
-                      enumerate(data.decode("utf-8").splitlines(), 1) if line.strip()]
-        else:
-            rows = parse_json(path, data, DATA_FIX)
-            if not isinstance(rows, list):
-                raise TrainingInputError(f"{path} holds {_kind(rows)}, not a list of records (every record needs "
-                                         f"prompt, response and behaviors); {DATA_FIX}")
-            places = [f"{path} record {n}" for n in range(1, len(rows) + 1)]
-        if not rows:
-            raise TrainingInputError(f"{path} holds no records; {DATA_FIX}")
-        records.extend(check_record(row, where, stage) for row, where in zip(rows, places))
-    return records, digests
-
-
-def load_records(paths, stage: str | None = None) -> list[dict]:
-    return read_training_data(paths, stage)[0]
-
-
-# ----------------------------------------------------------------------------- settings restored from a file
-
-def restore_config(cls, saved, source) -> object:
-    """An instance of the dataclass `cls` from a dict read from `source`, every field's type checked."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    if not isinstance(saved, dict):
-        raise TrainingInputError(f"{source}: the settings are {_kind(saved)}, not a JSON object; --restart to start "
-                                 "over")
-    unknown = sorted(set(saved) - set(fields))
-    if unknown:
-        raise TrainingInputError(f"{source} was written by another version of this trainer (settings "
-                                 f"{', '.join(name[:40] for name in unknown[:5])}); resume it with that version, "
-                                 "or --restart")
-    for name, value in saved.items():
-        kind = fields[name].type
-        allowed = {float: (int, float), typing.Optional[str]: (str, type(None))}.get(kind, kind)
-        if (not isinstance(value, allowed) or (isinstance(value, bool) and kind in (int, float))
-                or (kind is list and not all(isinstance(item, str) for item in value))):
-            expected = "list of strings" if kind is list else getattr(kind, "__name__", str(kind))
-            raise TrainingInputError(f"{source}: setting {name} is {short(value, 40)}, not a {expected}; restore the "
-                                     "file, or --restart")
-    return cls(**saved)
 
 
 # ----------------------------------------------------------------------------- identity
@@ -310,9 +172,9 @@ class RunFolder:
         shape = {"manifest_version": int, "run": str, "trainer": str, "config": dict, "data": list,
                  "val_data": list, "model": str, "tokens": dict}
         if not isinstance(data, dict):
-            problem = f"it is {_kind(data)}, not an object"
+            problem = f"it is {kind_of(data)}, not an object"
         else:
-            problem = next((f"{key} is {'missing' if key not in data else _kind(data[key])}"
+            problem = next((f"{key} is {'missing' if key not in data else kind_of(data[key])}"
                             for key, kind in shape.items() if not isinstance(data.get(key), kind)), None)
         if problem is None and data["manifest_version"] != MANIFEST_VERSION:
             problem = f"manifest_version {short(data['manifest_version'])}"
@@ -320,7 +182,7 @@ class RunFolder:
                                        for d in data["data"] + data["val_data"]):
             problem = "data is not a list of [path, sha256]"
         if problem is None and not isinstance(data.get("finished"), (dict, type(None))):
-            problem = f"finished is {_kind(data['finished'])}"
+            problem = f"finished is {kind_of(data['finished'])}"
         if problem:
             raise TrainingInputError(f"{self.manifest} is not a run manifest this trainer wrote ({problem}); {fix}")
         return data
@@ -493,96 +355,6 @@ class RunFolder:
             raise TrainingRunError(f"cannot write {self.manifest} ({error.strerror}); give a writable --out_dir") \
                 from None
 
-
-# ----------------------------------------------------------------------------- checkpoints
-
-CHECKPOINT_FIELDS = {"run": str, "config": dict, "step": int, "vectors": dict, "optimizer": dict, "scheduler": dict,
-                     "torch_rng": torch.Tensor, "python_rng": tuple, "log_position": int,
-                     "cuda_rng": (list, type(None))}
-
-
-def save_checkpoint(path, run: str, config: dict, step: int, params: dict, optimizer, scheduler,
-                    log_position: int) -> None:
-    """Everything an exact continuation needs, written to a temporary file and renamed: an interrupt never leaves a
-    half-written checkpoint. `log_position`: the log's size now (a resume drops what was logged after it)."""
-    state = {"run": run, "config": config, "step": step,
-             "vectors": {name: p.detach().cpu() for name, p in params.items()},
-             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "log_position": log_position,
-             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    tmp = Path(str(path) + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def restore_checkpoint(checkpoint: dict, path, params: dict, optimizer, scheduler) -> int:
-    """Put the vectors, optimiser, schedule and RNG states back as they were at the checkpoint's step (returned)."""
-    try:
-        with torch.no_grad():
-            for name, p in params.items():
-                if checkpoint["vectors"][name].shape != p.shape:
-                    raise ValueError(f"vector {name} has shape {tuple(checkpoint['vectors'][name].shape)}, "
-                                     f"the model's is {tuple(p.shape)}")
-                p.copy_(checkpoint["vectors"][name])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        random.setstate(checkpoint["python_rng"])
-        if checkpoint["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
-    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as error:
-        raise TrainingInputError(f"{path} does not fit this run ({brief(error, 160)}); move it away "
-                                 "(--resume then starts the run from step 0), or --restart") from None
-    return checkpoint["step"]
-
-
-def read_checkpoint(path, fields: dict) -> dict:
-    """A checkpoint loaded with weights_only=True (a crafted pickle cannot run code), its top-level keys and their
-    types checked against `fields` (name -> type or tuple of types)."""
-    fix = "move it away (--resume then starts the run from step 0), or --restart to start over"
-    read_input(path, fix)  # directory, empty, unreadable
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - whatever the unpickler says, the file is not ours
-        raise TrainingInputError(f"{path} is not a checkpoint this trainer wrote ({brief(error, 160)}); "
-                                 f"{fix}") from None
-    if not isinstance(checkpoint, dict):
-        raise TrainingInputError(f"{path} is not a checkpoint this trainer wrote (it holds a "
-                                 f"{type(checkpoint).__name__}, not a dict); {fix}")
-    for name, kind in fields.items():
-        if name not in checkpoint:
-            raise TrainingInputError(f"{path} is not a checkpoint this trainer wrote (no {name}); {fix}")
-        if not isinstance(checkpoint[name], kind) or (isinstance(checkpoint[name], bool) and kind is int):
-            raise TrainingInputError(f"{path} is not a checkpoint this trainer wrote ({name} is a "
-                                     f"{type(checkpoint[name]).__name__}); {fix}")
-    return checkpoint
-
-
-def check_checkpoint_state(checkpoint: dict, path, names, total_steps: int) -> None:
-    """What a run's checkpoint must hold for its trained vectors `names`, before any model loads: one 1-D float
-    tensor per name (all of one length; the optimiser's state of the same shape) and a step within the run."""
-    vectors, problem = checkpoint["vectors"], None
-    shapes = {tuple(v.shape) for v in vectors.values() if hasattr(v, "shape")}
-    if sorted(vectors, key=str) != sorted(names):
-        problem = f"its vectors are {short(sorted(vectors, key=str), 60)}, the run trains {names}"
-    elif len(shapes) != 1 or not all(getattr(v, "ndim", 0) == 1 and v.is_floating_point() for v in vectors.values()):
-        problem = f"its vectors are not 1-D float tensors of one length (shapes {short(sorted(shapes), 60)})"
-    elif not 0 <= checkpoint["step"] <= total_steps:
-        problem = f"step {checkpoint['step']} is outside the run's 0..{total_steps}"
-    elif checkpoint["log_position"] < 0:
-        problem = f"log position {checkpoint['log_position']}"
-    else:
-        groups, state = checkpoint["optimizer"].get("param_groups"), checkpoint["optimizer"].get("state")
-        if not (isinstance(groups, list) and len(groups) == 1 and isinstance(groups[0], dict)
-                and isinstance(groups[0].get("params"), list) and len(groups[0]["params"]) == len(names)
-                and isinstance(state, dict)):
-            problem = "its optimiser state is not that of this run's vectors"
-        elif any(hasattr(t, "shape") and t.ndim and tuple(t.shape) not in shapes
-                 for entry in state.values() if isinstance(entry, dict) for t in entry.values()):
-            problem = "its optimiser state has tensors of another shape than its vectors"
-    if problem:
-        raise TrainingInputError(f"{path} is not a checkpoint of this run ({problem}); move it away (--resume then "
-                                 "starts the run from step 0), or --restart to start over")
 
 
 def token_fingerprints(store, names) -> dict:

@@ -9,6 +9,7 @@ exported from those records, optionally keeping only responses that follow the i
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import sys
@@ -22,6 +23,8 @@ from steer_eval.scoring.prompts import Prompt, load_prompts
 from steer_eval.runs.records import Record, Request
 from steer_eval.runs.runner import run
 from steer_eval.scoring.verdict import scorer_spec
+
+logger = logging.getLogger(__name__)
 
 Target = tuple[str, ...]
 
@@ -72,7 +75,7 @@ def export(records: Sequence[Record], target: Target, path: Path, *, keep_failed
     summary = {"records": len(kept), "generated": len(mine), "followed": sum(r.followed for r in mine),
                "filter": not keep_failed, "scorer": scorer_spec(target), **meta}
     path.with_suffix(".meta.json").write_text(json.dumps(summary, indent=2))
-    print(f"{path}: {len(kept)} records ({summary['followed']}/{len(mine)} followed)", file=sys.stderr)
+    logger.info("%s: %d records (%d/%d followed)", path, len(kept), summary["followed"], len(mine))
     return len(kept)
 
 

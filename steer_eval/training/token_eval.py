@@ -106,7 +106,6 @@ def summarize(folders: Sequence[str | Path], out: str | Path, split: str = "test
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(result, indent=2))
     (out / "table.md").write_text(markdown(result))
-    print(markdown(result))
     return result
 
 
