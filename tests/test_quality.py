@@ -5,7 +5,9 @@ import pytest
 
 from steer_eval.scoring.quality import distinct_n, measure, repetition, words
 from steer_eval.runs.records import Record, Request
-from steer_eval.report.tables import group_summaries, markdown_table, plot
+from steer_eval.report.outcomes import group_summaries
+from steer_eval.report.plots import plot
+from steer_eval.report.tables import markdown_table
 
 
 @pytest.mark.parametrize("text, expected", [

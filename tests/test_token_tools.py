@@ -1,4 +1,4 @@
-"""steer_eval.steering.token_inspection and `steer-eval tokens`: exact geometry on known vectors, the tiny model's tokens, the CLI."""
+"""steer_eval.report.tokens and `steer-eval tokens`: exact geometry on known vectors, the tiny model's tokens, the CLI."""
 import json
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from steer_eval.steering import token_inspection as token_tools
+from steer_eval.report import tokens as token_tools
 from steer_eval.scoring.behaviors import AND_TOKEN, BEHAVIORS
 from steer_eval.steering.tokens import ModelIdentity, SteeringToken, TokenError, TokenStore
 

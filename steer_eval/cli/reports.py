@@ -99,7 +99,7 @@ def add_inspection_commands(commands) -> None:
 
 
 def tokens(args) -> int:
-    from steer_eval.steering import token_inspection as token_tools
+    from steer_eval.report import tokens as token_tools
 
     if args.tokens_command == "export-steered":
         return export_steered(args)

@@ -19,7 +19,8 @@ def _legend_title(runs: Sequence[Run]) -> str:
     return "run: setting" if any(run.name for run in runs) else "setting"
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only backend (no display is ever needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -29,7 +30,7 @@ def _pyplot():
 def accuracy_figure(runs: Sequence[Run]):
     """Accuracy (seen, unseen, all), order variance and, when recorded, repetition against k: one line per run and
     setting (colour = setting, line style = run); panels without data are left out."""
-    plt = _pyplot()
+    plt = pyplot()
     settings = sorted({key[:2] for run in runs for key in run.summaries})
     colors = {setting: f"C{i % 10}" for i, setting in enumerate(settings)}
     panels = [("seen", "accuracy", "accuracy, seen combinations", 100),
@@ -77,7 +78,7 @@ def _orders(combination: str) -> list[str]:
 def order_figure(runs: Sequence[Run]):
     """Accuracy per combination (rows) and order (columns), the orders of every run and setting side by side:
     one panel per k >= 2; None when no run has compositions."""
-    plt = _pyplot()
+    plt = pyplot()
     ks = sorted({key[2] for run in runs for key in run.summaries if key[2] >= 2})
     panels = []
     for k in ks:
@@ -130,7 +131,7 @@ def order_figure(runs: Sequence[Run]):
 def behavior_figure(runs: Sequence[Run]):
     """Per-behaviour accuracy as grouped bars: one panel per k, one bar per run and setting (colour = setting, as in
     accuracy_by_k; hatching = run), one legend for the figure."""
-    plt = _pyplot()
+    plt = pyplot()
     ks = sorted({key[2] for run in runs for key in run.summaries})
     panels = [(k, behaviors_in(runs, k)) for k in ks]
     panels = [(k, behaviors) for k, behaviors in panels if behaviors]
@@ -167,7 +168,7 @@ def behavior_figure(runs: Sequence[Run]):
 def quality_figure(runs: Sequence[Run]):
     """Accuracy against each quality measure the records carry (repetition, fluency): one point per run, setting
     and k, so a setting that wins accuracy with degenerate text stands apart. None without quality data."""
-    plt = _pyplot()
+    plt = pyplot()
     measures = [("repetition", "repetition (lower is better)"), ("fluency", "fluency: mean log-prob/token")]
     points = {measure: [(run, key, s["all"].get("accuracy"), (s.get("quality") or {}).get(measure))
                         for run in runs for key, s in sorted(run.summaries.items())] for measure, _ in measures}
@@ -202,7 +203,7 @@ FIGURES = (("accuracy_by_k.png", accuracy_figure), ("order_heatmap.png", order_f
 
 def write_figures(runs: Sequence[Run], out_dir: Path) -> list[Path]:
     """The PNGs of FIGURES that have data, in `out_dir`; returns their paths."""
-    plt = _pyplot()
+    plt = pyplot()
     written = []
     for name, make in FIGURES:
         figure = make(runs)
@@ -215,7 +216,7 @@ def write_figures(runs: Sequence[Run], out_dir: Path) -> list[Path]:
 
 def plot(summaries: dict[Setting, dict], path: str | Path) -> Path:
     """accuracy_figure of one run's summaries (`report.outcomes.group_summaries`), written to `path`."""
-    plt = _pyplot()
+    plt = pyplot()
     figure = accuracy_figure([Run("", None, {key: SettingSummary(summary, []) for key, summary in summaries.items()})])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

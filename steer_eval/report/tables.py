@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from steer_eval.report.outcomes import (Run, Setting, SettingSummary, behaviors_in, group_summaries, run_label,
-                                       settings_by_k)
-from steer_eval.report.plots import plot
-
-__all__ = ["accuracy_table", "comparison_markdown", "fraction", "markdown_table", "percent",
-           # where the notebook's first version and older callers import them from
-           "group_summaries", "plot"]
+from steer_eval.report.outcomes import Run, Setting, SettingSummary, behaviors_in, run_label, settings_by_k
 
 
 def percent(value) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from steer_eval.report.plots import pyplot
 from steer_eval.scoring.behaviors import AND_TOKEN, BEHAVIORS, CATEGORIES
 from steer_eval.steering.model_store import ModelError
 from steer_eval.steering.models import model_label, resolve_model_path
@@ -229,18 +230,11 @@ def and_orthogonality(names: list[str], matrix: np.ndarray, metadata: list[dict]
 
 # --- plots ------------------------------------------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _save(figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=130, bbox_inches="tight")
-    _pyplot().close(figure)
+    pyplot().close(figure)
     return path
 
 
@@ -275,7 +269,7 @@ def _label_points(axis, names: list[str], points: np.ndarray, fontsize: float = 
 
 def pca_figure(tokens: TokenSet, vocabulary_points: int = 3000, seed: int = 0):
     """Tokens on their own top two principal axes, coloured by category; a sample of vocabulary rows behind them."""
-    plt = _pyplot()
+    plt = pyplot()
     pca = pca_2d(tokens.vectors)
     points = pca.project(tokens.vectors)
     figure, axis = plt.subplots(figsize=(9, 7))
@@ -305,7 +299,7 @@ def pca_figure(tokens: TokenSet, vocabulary_points: int = 3000, seed: int = 0):
 
 
 def cosine_figure(names: list[str], matrix: np.ndarray, title: str):
-    plt = _pyplot()
+    plt = pyplot()
     size = max(6.0, 0.42 * len(names) + 2.5)
     figure, axis = plt.subplots(figsize=(size + 1.2, size), layout="constrained")
     image = axis.imshow(matrix, cmap="RdBu_r", vmin=-1, vmax=1)
