@@ -27,8 +27,18 @@ class WorkerFailedError(RuntimeError):
     """Workers died on the same chunk too often (a node keeps failing, or the chunk itself kills its worker)."""
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, "..." marking a cut: a hostile file or library cannot flood a message."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def quoted(value, limit: int = 80) -> str:
+    """repr() of a value read from a file, for a one-line message."""
+    return clip(repr(value), limit)
+
+
 def brief(error: BaseException, limit: int = 200) -> str:
     """An exception in a few words for a one-line message: its type and the start of its first line (a library's
     message can quote a whole file's bytes)."""
     text = str(error).strip().split("\n", 1)[0]
-    return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}" if text else type(error).__name__
+    return f"{type(error).__name__}: {clip(text, limit)}" if text else type(error).__name__

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from steer_eval.errors import brief
-from steer_eval.training.inputs import TrainingInputError, read_input, short
+from steer_eval.errors import brief, quoted
+from steer_eval.training.inputs import TrainingInputError, read_input
 
 CHECKPOINT_FIELDS = {"run": str, "config": dict, "step": int, "vectors": dict, "optimizer": dict, "scheduler": dict,
                      "torch_rng": torch.Tensor, "python_rng": tuple, "log_position": int,
@@ -81,9 +81,9 @@ def check_checkpoint_state(checkpoint: dict, path, names, total_steps: int) -> N
     vectors, problem = checkpoint["vectors"], None
     shapes = {tuple(v.shape) for v in vectors.values() if hasattr(v, "shape")}
     if sorted(vectors, key=str) != sorted(names):
-        problem = f"its vectors are {short(sorted(vectors, key=str), 60)}, the run trains {names}"
+        problem = f"its vectors are {quoted(sorted(vectors, key=str), 60)}, the run trains {names}"
     elif len(shapes) != 1 or not all(getattr(v, "ndim", 0) == 1 and v.is_floating_point() for v in vectors.values()):
-        problem = f"its vectors are not 1-D float tensors of one length (shapes {short(sorted(shapes), 60)})"
+        problem = f"its vectors are not 1-D float tensors of one length (shapes {quoted(sorted(shapes), 60)})"
     elif not 0 <= checkpoint["step"] <= total_steps:
         problem = f"step {checkpoint['step']} is outside the run's 0..{total_steps}"
     elif checkpoint["log_position"] < 0:

@@ -12,7 +12,7 @@ import json
 import typing
 from pathlib import Path
 
-from steer_eval.errors import UserError, brief
+from steer_eval.errors import UserError, brief, quoted
 from steer_eval.scoring.behaviors import BEHAVIORS
 
 DATA_FIX = "make the data with trainers/build_data.py"
@@ -20,12 +20,6 @@ DATA_FIX = "make the data with trainers/build_data.py"
 
 class TrainingInputError(UserError):
     """A file handed to a trainer (data, manifest, checkpoint) that it cannot use."""
-
-
-def short(value, limit: int = 80) -> str:
-    """repr() of a value from a file, cut to `limit` characters: a hostile file cannot flood the message."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def kind_of(value) -> str:
@@ -88,11 +82,11 @@ def check_record(row, where: str, stage: str | None) -> dict:
             raise TrainingInputError(f"{where}: {key} is {kind_of(row[key])}, not a string; {DATA_FIX}")
     behaviors = row["behaviors"]
     if not isinstance(behaviors, list) or not behaviors or not all(isinstance(b, str) for b in behaviors):
-        raise TrainingInputError(f"{where}: behaviors is {short(behaviors, 60)}, not a non-empty list of behaviour "
+        raise TrainingInputError(f"{where}: behaviors is {quoted(behaviors, 60)}, not a non-empty list of behaviour "
                                  f"ids; {DATA_FIX}")
     for behavior in behaviors:
         if behavior not in BEHAVIORS:
-            raise TrainingInputError(f"{where}: unknown behaviour {short(behavior, 60)}; known behaviours: "
+            raise TrainingInputError(f"{where}: unknown behaviour {quoted(behavior, 60)}; known behaviours: "
                                      f"{', '.join(BEHAVIORS)}")
     if stage is not None and (stage == "and") != (len(behaviors) > 1):
         raise TrainingInputError(f"{where}: stage {stage} got a record with behaviours {behaviors}; stage behaviour "
@@ -145,6 +139,6 @@ def restore_config(cls, saved, source) -> object:
         if (not isinstance(value, allowed) or (isinstance(value, bool) and kind in (int, float))
                 or (kind is list and not all(isinstance(item, str) for item in value))):
             expected = "list of strings" if kind is list else getattr(kind, "__name__", str(kind))
-            raise TrainingInputError(f"{source}: setting {name} is {short(value, 40)}, not a {expected}; restore the "
+            raise TrainingInputError(f"{source}: setting {name} is {quoted(value, 40)}, not a {expected}; restore the "
                                      "file, or --restart")
     return cls(**saved)

@@ -36,11 +36,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steer_eval.errors import RunMismatchError, brief
+from steer_eval.errors import RunMismatchError, brief, quoted
 from steer_eval.runs.records import repair_tail
 from steer_eval.steering.tokens import TokenError
 from steer_eval.training.checkpoints import CHECKPOINT_FIELDS, read_checkpoint
-from steer_eval.training.inputs import TrainingInputError, kind_of, parse_json, read_input, short
+from steer_eval.training.inputs import TrainingInputError, kind_of, parse_json, read_input
 
 logger = logging.getLogger(__name__)
 
@@ -82,13 +82,13 @@ class TrainingIdentity:
         for name in sorted(set(stored.config) | set(self.config)):
             old, new = stored.config.get(name), self.config.get(name)
             if name not in BY_CONTENT and old != new:
-                differences.append(f"{name}: {short(old, 60)} in the folder, {short(new, 60)} now")
+                differences.append(f"{name}: {quoted(old, 60)} in the folder, {quoted(new, 60)} now")
         for what, old, new in (("data", stored.data, self.data), ("validation data", stored.val_data, self.val_data)):
             if [sha for _, sha in old] != [sha for _, sha in new]:
                 differences.append(f"{what}: {_files(old)} in the folder, {_files(new)} now")
         if stored.model != self.model:
             differences.append(f"model weights: {stored.model} in the folder, {self.model} now "
-                               f"({short(self.config.get('model'), 60)})")
+                               f"({quoted(self.config.get('model'), 60)})")
         for name in sorted(set(stored.tokens) | set(self.tokens)):
             if stored.tokens.get(name) != self.tokens.get(name):
                 differences.append(f"frozen token {name}: {stored.tokens.get(name)} in the folder, "
@@ -177,7 +177,7 @@ class RunFolder:
             problem = next((f"{key} is {'missing' if key not in data else kind_of(data[key])}"
                             for key, kind in shape.items() if not isinstance(data.get(key), kind)), None)
         if problem is None and data["manifest_version"] != MANIFEST_VERSION:
-            problem = f"manifest_version {short(data['manifest_version'])}"
+            problem = f"manifest_version {quoted(data['manifest_version'])}"
         if problem is None and not all(isinstance(d, list) and len(d) == 2 and all(isinstance(x, str) for x in d)
                                        for d in data["data"] + data["val_data"]):
             problem = "data is not a list of [path, sha256]"
@@ -289,7 +289,7 @@ class RunFolder:
 
     def check_checkpoint_run(self, checkpoint_run: str | None, manifest: dict) -> None:
         if checkpoint_run is not None and checkpoint_run != manifest["run"]:
-            raise TrainingRunError(f"{self.checkpoint} belongs to run {short(checkpoint_run, 40)}, not to the run in "
+            raise TrainingRunError(f"{self.checkpoint} belongs to run {quoted(checkpoint_run, 40)}, not to the run in "
                                    f"{self.manifest} ({manifest['run']}): a checkpoint of another run; move it away "
                                    "(--resume then starts this run from step 0), or --restart to start over")
 

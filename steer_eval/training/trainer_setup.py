@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from steer_eval.backends.generation import chat_template_options
-from steer_eval.errors import SettingError
+from steer_eval.errors import SettingError, quoted
 from steer_eval.scoring.behaviors import AND_TOKEN, get_behavior
 from steer_eval.steering.models import model_label, weights_fingerprint
 from steer_eval.steering.tokens import TokenStore, default_tokens_dir
 from steer_eval.training.checkpoints import check_checkpoint_state
-from steer_eval.training.inputs import TrainingInputError, read_training_data, restore_config, short
+from steer_eval.training.inputs import TrainingInputError, read_training_data, restore_config
 from steer_eval.training.run_folder import (VOLATILE, RunFolder, TrainingIdentity, check_tokens_free,
                                             token_fingerprints)
 
@@ -93,7 +93,7 @@ def parse_config(argv=None, description: str | None = None) -> TrainConfig:
 
 def check_config(config: TrainConfig, error):
     if config.stage not in ("behaviour", "and"):
-        error(f"--stage must be 'behaviour' or 'and', not {short(config.stage)}")
+        error(f"--stage must be 'behaviour' or 'and', not {quoted(config.stage)}")
     if not config.resume and not config.data:
         error("--data is required: JSON files from trainers/build_data.py")
     if config.run_validation and not config.val_data_path:
@@ -101,7 +101,7 @@ def check_config(config: TrainConfig, error):
     if not 0 < config.subset <= 1:
         error("--subset is a fraction in (0, 1]")
     if config.dtype not in ("auto", "bfloat16", "float32"):
-        error(f"--dtype must be auto, bfloat16 or float32, not {short(config.dtype)}")
+        error(f"--dtype must be auto, bfloat16 or float32, not {quoted(config.dtype)}")
     try:
         chat_template_options(config.chat_template_kwargs)
     except SettingError as problem:
@@ -109,7 +109,7 @@ def check_config(config: TrainConfig, error):
     if config.group_size < -1:
         error("--group_size is examples per micro-batch: 0 for the whole batch, -1 to choose by device")
     if config.cuda_graphs not in ("auto", "on", "off"):
-        error(f"--cuda_graphs must be auto, on or off, not {short(config.cuda_graphs)}")
+        error(f"--cuda_graphs must be auto, on or off, not {quoted(config.cuda_graphs)}")
     if config.cuda_graphs == "on" and config.gradient_checkpointing:
         error("--cuda_graphs on and --gradient_checkpointing do not go together; choose one")
     if min(config.epochs, config.batch_size, config.checkpoint_every, config.log_every) < 1 or config.eval_every < 0:
