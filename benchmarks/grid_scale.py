@@ -10,7 +10,8 @@ are all that run), and scaling over Ray actors with a fixed per-evaluation delay
    the complete file (scan only) and `steer-eval analyze` of it (time, peak RSS).
 2. Scaling: the same plan on N = 1, 2, 4 actors with `--delay` seconds per evaluation; rate(N) / (N x rate(1)).
 3. The CLI at scale, k = 1..4: `steer-eval grid --backend simulate --model sim --k 1 2 3 4 --control-method
-   steering --num-prompts N` (10,948 evaluations a prompt), then `steer-eval analyze` of its folder: wall time and
+   steering --num-prompts N --data-path FILE` (10,948 evaluations a prompt; FILE: the bundled test prompts repeated,
+   numbered, to N), then `steer-eval analyze` of its folder: wall time and
    peak RSS of each, and the summary's bytes per record: analyze's peak RSS less that of analyze on a one-prompt
    grid (the interpreter and its imports), over the records.
 `--sizes`, `--grid-sizes` with no value and `--scaling-evaluations 0` leave a part out.
@@ -88,8 +89,20 @@ def _analyze(output: Path) -> dict:
     return _cli("analyze", str(output))
 
 
+def _prompt_file(prompts: int, folder: Path) -> Path:
+    """`prompts` prompts: the bundled test split (244) over and over, each copy numbered, so any size can be asked
+    for with the bundled prompts' lengths."""
+    from steer_eval.scoring.prompts import load_prompts
+    bundled = load_prompts()
+    path = folder.with_suffix(".prompts.jsonl")
+    path.write_text("".join(json.dumps({"id": str(i), "prompt": f"{bundled[i % len(bundled)].prompt} ({i})"}) + "\n"
+                            for i in range(prompts)))
+    return path
+
+
 def _grid_row(prompts: int, folder: Path, baseline_mb: float) -> dict:
-    grid = _cli(*GRID, "--num-prompts", str(prompts), "--output-dir", str(folder))
+    grid = _cli(*GRID, "--num-prompts", str(prompts), "--data-path", str(_prompt_file(prompts, folder)),
+                "--output-dir", str(folder))
     records = folder / "records.jsonl"
     evaluations = sum(1 for _ in records.open("rb"))
     analyze = _analyze(folder)

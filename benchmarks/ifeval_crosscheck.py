@@ -23,7 +23,8 @@ Usage:  .venv/bin/python benchmarks/ifeval_crosscheck.py [--ours-from-git REV] [
 """
 from __future__ import annotations
 
-import argparse, collections, functools, hashlib, importlib, io, json, multiprocessing, re, subprocess, sys, tarfile
+import argparse, collections, functools, hashlib, importlib, importlib.machinery, importlib.util, io, json
+import multiprocessing, re, subprocess, sys, tarfile
 import inspect, logging, tempfile, time, types
 from pathlib import Path
 from unittest import mock
@@ -103,11 +104,14 @@ def load_ours(rev: str | None):
         tarfile.open(fileobj=io.BytesIO(archive.stdout)).extractall(folder, filter="data")
         for name in saved:
             del sys.modules[name]
-        sys.path.insert(0, folder)
         try:
-            return importlib.import_module("steer_eval.scoring.verifiers")
+            # The revision's package, found in that folder only (sys.path untouched): its submodules follow it.
+            spec = importlib.machinery.PathFinder.find_spec("steer_eval", [folder])
+            package = sys.modules["steer_eval"] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(package)
+            layered = (Path(folder) / "steer_eval" / "scoring" / "verifiers.py").exists()  # else before the layers
+            return importlib.import_module("steer_eval.scoring.verifiers" if layered else "steer_eval.verifiers")
         finally:
-            sys.path.remove(folder)
             for name in [name for name in sys.modules if mine(name)]:
                 del sys.modules[name]
             sys.modules.update(saved)
@@ -157,7 +161,7 @@ def ours_verdict(ours, behavior: str, text: str, lang: str | None) -> bool:
 def judge(key):
     """Verdicts of both sides for one (text, sentence language) on every behaviour, disagreements classified."""
     text, lang = key
-    ours, ie = _STATE["ours"], _STATE["ifeval"]
+    ours = _STATE["ours"]
     checkers = _STATE["checkers"]
     rows = {}
     for behavior in MAPPED + UNMAPPED:

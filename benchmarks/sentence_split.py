@@ -28,7 +28,6 @@ Writes results/bench/sentence_split.json and results/bench/sentence_split.md.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import json
 import os
@@ -37,13 +36,12 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+import types
 from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 SPLITTERS = ("current", "v1", "pysbd", "punkt")
 # v1's line rules, copied verbatim from verifiers.py at 515122a
 LIST_OR_HEADING_MARKER = re.compile(r"^\s*(?:#{1,6}|>|[-*+•]|\d{1,3}[.)])(?:\s+|$)")
@@ -66,28 +64,32 @@ ADVERSARIAL = {  # name -> builder of a ~1 MB input
 }
 
 
+VERIFIERS_PATHS = ("steer_eval/scoring/verifiers.py", "steer_eval/verifiers.py")  # now, and before the layers
+
+
 def v1_revision() -> str:
-    """Newest commit whose steer_eval/scoring/verifiers.py still defines split_sentences itself.
+    """Newest commit whose verifiers module still defines split_sentences itself.
 
     At the time of writing that is HEAD's ancestor 515122a: later commits moved the
     splitter to steer_eval/scoring/sentences.py, so plain HEAD would be the new splitter."""
-    revs = subprocess.run(["git", "rev-list", "HEAD", "--", "steer_eval/scoring/verifiers.py"], cwd=ROOT,
+    revs = subprocess.run(["git", "rev-list", "HEAD", "--", *VERIFIERS_PATHS], cwd=ROOT,
                           capture_output=True, text=True, check=True).stdout.split()
     return next(r for r in revs if "def split_sentences" in git_show(r))
 
 
 def git_show(rev: str) -> str:
-    return subprocess.run(["git", "show", f"{rev}:steer_eval/scoring/verifiers.py"], cwd=ROOT,
-                          capture_output=True, text=True, check=True).stdout
+    """The verifiers module's source at ``rev``, wherever it lay then."""
+    for path in VERIFIERS_PATHS:
+        shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True)
+        if shown.returncode == 0:
+            return shown.stdout
+    raise FileNotFoundError(f"no verifiers module at {rev}")
 
 
-def load_v1(rev: str):
-    """Module object for steer_eval/scoring/verifiers.py as at ``rev``."""
-    path = Path(tempfile.mkdtemp()) / "verifiers_v1.py"
-    path.write_text(git_show(rev), encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("verifiers_v1", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def load_v1(rev: str) -> types.ModuleType:
+    """The verifiers module as at ``rev``, built from its source (it imports nothing of steer_eval)."""
+    module = sys.modules["verifiers_v1"] = types.ModuleType("verifiers_v1")  # dataclasses look it up there
+    exec(compile(git_show(rev), f"{rev}:verifiers.py", "exec"), module.__dict__)
     return module
 
 

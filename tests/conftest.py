@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# vLLM engines of this session run in the test process (engine core and worker alike): on two cores, spawning
+# the engine-core and worker processes (each re-imports torch and vLLM) was most of an engine's start, 76 s of
+# 82 s for the default model; in-process a later engine starts in 3-5 s. Set before vLLM is imported (it caches
+# its environment once an engine has started); commands the tests run inherit it, as a user may set it too.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
 
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
@@ -79,8 +85,10 @@ def default_hf(default_model_dir, tmp_path_factory):
     return HFBackend("smollm2-135m", tokens_dir=os.environ.get("STEER_EVAL_TEST_TOKENS"), batch_size=16)
 
 
-class OneVLLMEngine:
-    """vLLM engines are heavy on this shared machine: activating one backend shuts the others' engines down."""
+class VLLMEngines:
+    """One engine per key for the whole session (in-process engines are small here: the default model's takes
+    ~1 GB with its KV cache); no test closes them. A test about restarts shuts its own engine down, and the
+    backend starts it again on its next call."""
 
     def __init__(self):
         self.backends = {}
@@ -88,30 +96,29 @@ class OneVLLMEngine:
     def activate(self, key, make):
         if key not in self.backends:
             self.backends[key] = make()
-        for other_key, backend in self.backends.items():
-            if other_key != key:
-                backend.shutdown()
         return self.backends[key]
 
     def close(self):
-        """Shut every engine down (a later activate() starts its engine again): frees memory for another."""
         for backend in self.backends.values():
             backend.shutdown()
 
 
 @pytest.fixture(scope="session")
 def vllm_engines():
-    engines = OneVLLMEngine()
+    engines = VLLMEngines()
     yield engines
     engines.close()
 
 
-VLLM_TEST_SETTINGS = {"dtype": "float32", "kv_cache_memory_bytes": 512 * 1024 ** 2}  # fp32 as the HF backend on CPU
+# fp32 as the HF backend on CPU; eager (no torch.compile: 93-117 s of the default model's start on two cores, and
+# nothing these tests check depends on it) and the worker in the engine core's own process ("uni").
+VLLM_TEST_SETTINGS = {"dtype": "float32", "kv_cache_memory_bytes": 512 * 1024 ** 2, "enforce_eager": True,
+                      "distributed_executor_backend": "uni"}
 
 
 @pytest.fixture
 def vllm_default(vllm_engines, default_model_dir):
-    """The default model in the vLLM backend; one engine per session (others are shut down while it runs)."""
+    """The default model in the vLLM backend; one engine per session."""
     from steer_eval.backends.vllm import VLLMBackend
     return vllm_engines.activate("default", lambda: VLLMBackend(
         "smollm2-135m", tokens_dir=os.environ.get("STEER_EVAL_TEST_TOKENS"), max_model_len=1024,
@@ -137,3 +144,70 @@ def package_log_as_a_library():
         logger.removeHandler(handler)
     logger.setLevel(logging.NOTSET)
     logger.propagate = True
+
+
+@pytest.fixture(scope="session")
+def lm_eval_index_cache():
+    """lm-eval parses its ~12,000 task YAML files for every TaskManager (15-30 s on two cores, per run in this
+    process). This keeps what its index parsed from its own, never-changing task folder for the session; our task
+    folders and users' copies are read fresh. Request it in tests that run lm-eval in this process."""
+    import copy
+
+    import lm_eval
+    from lm_eval.tasks import _index
+
+    own = Path(lm_eval.__file__).resolve().parent
+    original = _index.load_yaml
+    parsed = {}
+
+    def load_yaml(path, **options):
+        resolved = Path(path).expanduser().resolve()
+        if own not in resolved.parents:
+            return original(path, **options)
+        key = (resolved, tuple(sorted(options.items())))
+        if key not in parsed:
+            try:
+                parsed[key] = original(path, **options)
+            except Exception as error:  # the index skips such files; keep skipping them the same way
+                parsed[key] = error
+        if isinstance(parsed[key], Exception):
+            raise parsed[key]
+        return copy.deepcopy(parsed[key])
+
+    _index.load_yaml = load_yaml
+    yield
+    _index.load_yaml = original
+
+
+@pytest.fixture
+def lm_eval_main(monkeypatch, capsys, lm_eval_index_cache):
+    """lm_eval_main(cwd, *args): `lm_eval <args>` in this process from `cwd`, as its console script runs it
+    (lm_eval.__main__.cli_evaluate on sys.argv) -> (stdout, stderr). An exception that would end the process is
+    handed to sys.excepthook, as the interpreter would, and raised again (pytest.raises around the call)."""
+    import logging
+    import sys
+
+    import lm_eval.utils
+    from lm_eval.__main__ import cli_evaluate
+
+    def main(cwd, *args: str) -> tuple[str, str]:
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(sys, "argv", ["lm_eval", *map(str, args)])
+        # lm-eval configures its logger once per process, on the stderr of that moment (a test's capture): each
+        # run here gets a fresh configuration, as a fresh process would.
+        logger = logging.getLogger("lm_eval")
+        monkeypatch.setattr(lm_eval.utils, "_LOGGING_CONFIGURED", False)
+        monkeypatch.setattr(logger, "handlers", [])
+        monkeypatch.setattr(logger, "propagate", logger.propagate)
+        monkeypatch.setattr(logger, "level", logger.level)
+        capsys.readouterr()
+        try:
+            cli_evaluate()
+        except Exception as error:
+            assert getattr(sys.excepthook, "_steer_eval", False), "the registration hook installed no excepthook"
+            sys.excepthook(type(error), error, error.__traceback__)
+            error.captured = capsys.readouterr()
+            raise
+        return capsys.readouterr()
+
+    return main

@@ -1,9 +1,6 @@
 """The package's folders are its layers: every import runs down (or within a layer), no file imports one that
 imports it back, the arrows the architecture forbids do not exist, and no code is loaded by file path."""
 import ast
-import re
-import subprocess
-from collections import defaultdict
 from pathlib import Path
 
 import pytest

@@ -1,19 +1,49 @@
-"""The CLI contract, run through the installed console script in a subprocess."""
+"""The CLI contract: through the CLI's main(argv) in this process, as the console script calls it; the installed
+script itself in a subprocess where only a process shows it (exit status, stdin, a closed pipe)."""
+import contextlib
+import io
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from steer_eval.cli.main import main
+
 SCRIPT = str(Path(sys.executable).parent / "steer-eval")
 
 
-def cli(*args, check=True):
-    result = subprocess.run([SCRIPT, *args], capture_output=True, text=True, timeout=600)
+def cli(*args, check=True) -> subprocess.CompletedProcess:
+    """`steer-eval ARGS` in this process: its exit status, stdout and stderr."""
+    stdout, stderr, sigterm = io.StringIO(), io.StringIO(), signal.getsignal(signal.SIGTERM)
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main(list(args))
+        except SystemExit as exit:  # argparse's usage errors
+            code = exit.code
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)  # main() installs its own handler, as the script's process would
+    result = subprocess.CompletedProcess(["steer-eval", *args], code, stdout.getvalue(), stderr.getvalue())
     if check:
         assert result.returncode == 0, result.stderr
     return result
+
+
+def test_the_console_script_refuses_bad_input_with_exit_2_and_one_line():
+    result = subprocess.run([SCRIPT, "verify", "--behavior", "klingon", "--text", "x"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == ("steer-eval: error: unknown behaviour 'klingon'; known behaviours: "
+                             + result.stderr.split("known behaviours: ", 1)[1])
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_grid_asked_for_more_prompts_than_its_file_holds_says_so(tmp_path):
+    result = cli("grid", "--backend", "simulate", "--model", "sim", "--k", "1", "--num-prompts", "1000",
+                 "--dry-run", "--output-dir", str(tmp_path))
+    assert "--num-prompts 1000: the bundled test split holds 244 prompts; the grid uses all 244" in result.stderr
 
 
 def test_behaviors_json():

@@ -95,6 +95,25 @@ def test_without_backward_nothing_gets_a_gradient(tiny_hf, batch):
     assert vector.grad is None and loss > 0 and not loss.requires_grad
 
 
+def test_training_steps_leave_the_model_as_loaded(tiny_model_dir, batch):
+    """The trainer's model (steering.models.load_model) is frozen: steps of the distillation loss and AdamW move
+    the vector only, and no weight of the model gets a gradient or a new value."""
+    from steer_eval.steering.models import load_model
+    teachers, students, responses = batch
+    model, _ = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    vector = torch.nn.Parameter(torch.zeros(model.get_input_embeddings().weight.shape[1]))
+    optimizer = torch.optim.AdamW([vector], lr=0.1)
+    for _ in range(2):
+        distillation.distillation_step(model, teachers, students, responses, {"german": vector}, 2.0, group_size=2)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert vector.abs().sum() > 0
+    assert all(parameter.grad is None and not parameter.requires_grad for parameter in model.parameters())
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[name], before[name]) for name in before)
+
+
 def test_the_kl_is_zero_when_student_reads_what_the_teacher_reads(tiny_hf, batch):
     teachers, _, responses = batch
     loss = distillation.distillation_step(tiny_hf.model, teachers, teachers, responses, {}, 10.0, backward=False)

@@ -71,7 +71,7 @@ def test_hf_and_vllm_steer_gemma_identically(gemma_hf, vllm_engines, tmp_path):
     config = GenerationConfig(max_new_tokens=12)
     engine = vllm_engines.activate("gemma3-270m", lambda: VLLMBackend(
         "gemma3-270m", tokens_dir=store.directory, max_model_len=512, dtype="float32",
-        kv_cache_memory_bytes=512 * 1024 ** 2, enforce_eager=True))
+        kv_cache_memory_bytes=512 * 1024 ** 2, enforce_eager=True, distributed_executor_backend="uni"))
     try:
         assert engine.embeddings.scale == gemma_hf.embeddings.scale
         assert engine.generate(prompts, config, progress=False) == gemma_hf.generate(prompts, config, progress=False)

@@ -76,22 +76,31 @@ def _finish(output: Path, mark: str, *extra: str) -> subprocess.CompletedProcess
 
 
 def _kill_loop(tmp_path: Path, extra: tuple[str, ...], kills: int, rng: random.Random) -> Path:
+    """`kills` kill -9s of the driver, each placed at a random record count in the part of the grid still to run
+    (the first early, the last late), each asserted to have landed mid-run; then one run completes the grid."""
     output, mark = tmp_path / "grid", uuid.uuid4().hex
+    planned = len(_expected_keys())
+    records = output / "records.jsonl"
     try:
-        for _ in range(kills):
-            before = _lines(output / "records.jsonl")
+        for kill in range(kills):
+            before = _lines(records)
+            # Spread over what is left: kill i of n waits for a record count in the i-th of n equal slices.
+            low = before + 1 + (planned - before - 2) * kill // (kills + 1)
+            target = rng.randint(low, max(low, before + 1 + (planned - before - 2) * (kill + 1) // (kills + 1)))
             process = subprocess.Popen(_command(output, *extra), env=_env(mark), stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 300
-            while _lines(output / "records.jsonl") == before and process.poll() is None \
-                    and time.monotonic() < deadline:
-                time.sleep(0.05)  # wait for the first new record, then kill at a random moment after it
-            time.sleep(rng.uniform(0, 1.5))
+            while _lines(records) < target and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.2))  # and somewhere between two writes
+            at_kill = _lines(records)
+            assert process.poll() is None, f"kill {kill + 1}: the run ended (or failed) before it could be killed"
             process.kill()
             process.wait()
+            assert before < at_kill < planned, f"kill {kill + 1} did not land mid-run: {before}, {at_kill}/{planned}"
             _stop_marked(mark)  # a killed driver's private Ray instance goes with it
         done = _finish(output, mark, *extra)
-        _assert_exactly_once(output / "records.jsonl")
+        _assert_exactly_once(records)
         table = done.stdout
         analyzed = subprocess.run([sys.executable, "-m", "steer_eval.cli", "analyze", str(output)],
                                   capture_output=True, text=True, check=True).stdout
@@ -102,11 +111,11 @@ def _kill_loop(tmp_path: Path, extra: tuple[str, ...], kills: int, rng: random.R
 
 
 def test_in_process_driver_killed_at_random_moments(tmp_path):
-    _kill_loop(tmp_path, ("--delay", "0.05"), kills=6, rng=random.Random(1))
+    _kill_loop(tmp_path, ("--delay", "0.05"), kills=4, rng=random.Random(1))
 
 
 def test_ray_driver_killed_at_random_moments(tmp_path):
-    _kill_loop(tmp_path, ("--delay", "0.1", "--actors", "2"), kills=3, rng=random.Random(2))
+    _kill_loop(tmp_path, ("--delay", "0.1", "--actors", "2"), kills=2, rng=random.Random(2))
 
 
 def test_ray_workers_killed_during_a_run_cost_only_their_chunks(tmp_path):

@@ -1,7 +1,6 @@
 """Our verifiers against lm-eval's IFEval checkers (benchmarks/ifeval_crosscheck.py) on the shipped records."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "ifeval_crosscheck.py"
+REPO = Path(__file__).resolve().parents[1]
 
 # Agreement floors (%) per mapped behaviour family, each a little under the figure of scorer 2 on the 13,440 shipped
 # records (results/ifeval_crosscheck/table.json): language 98.68 (py3langid vs IFEval's langdetect: every
@@ -24,17 +23,10 @@ AGREEMENT_FLOORS = {"language": 98.5, "words": 99.99, "case": 99.8, "sentences":
 MAX_OURS_SUSPECT = 5
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("ifeval_crosscheck", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # multiprocessing workers (fork) find the module's functions by name
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def crosscheck():
-    return _load_benchmark()
+    from benchmarks import ifeval_crosscheck
+    return ifeval_crosscheck
 
 
 @pytest.mark.slow
@@ -54,8 +46,8 @@ def test_agreement_with_ifeval_stays_above_floors(crosscheck):
 def test_ifeval_import_touches_no_network_and_no_pickle():
     """In a fresh interpreter (so IFEval's module really is imported): nltk.download, nltk.data.load and socket
     connections are recorded, not run; the loader must call none of them and count sentences without data."""
-    probe = textwrap.dedent(f"""
-        import importlib.util, json, socket, sys
+    probe = textwrap.dedent("""
+        import json, socket, sys
         import nltk
         calls = []
         def record(name):
@@ -66,21 +58,19 @@ def test_ifeval_import_touches_no_network_and_no_pickle():
         nltk.download = record("nltk.download")
         nltk.data.load = record("nltk.data.load")
         socket.socket.connect = record("socket.connect")
-        spec = importlib.util.spec_from_file_location("ifeval_crosscheck", {str(BENCHMARK)!r})
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        from benchmarks import ifeval_crosscheck as module
         assert "lm_eval.tasks.ifeval.instructions_util" not in sys.modules
         ifeval = module.load_ifeval()
         from nltk.tokenize.punkt import PunktSentenceTokenizer
         checker = ifeval.NumberOfSentences("n")
         checker.build_description(num_sentences=2, relation="at least")
-        print(json.dumps({{"calls": calls,
+        print(json.dumps({"calls": calls,
                           "imported": "lm_eval.tasks.ifeval.instructions_util" in sys.modules,
                           "untrained": type(ifeval.instructions_util._get_sentence_tokenizer()).__name__,
                           "two_sentences": checker.check_following("One here. Two there."),
-                          "one_sentence": checker.check_following("Only one here.")}}))
+                          "one_sentence": checker.check_following("Only one here.")}))
     """)
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"calls": [], "imported": True, "untrained": "PunktSentenceTokenizer",

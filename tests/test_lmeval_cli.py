@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.usefixtures("lm_eval_index_cache")  # lm-eval in this process: its task files parsed once
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(sys.executable).parent
 HOOK_HINT = ("lm-eval did not find the steering models: the registration hook steer_eval_lm_eval.pth is missing "
@@ -38,6 +39,54 @@ def tiny_token_dir_of(model_args: str) -> str:
 
 def assert_unit_interval(value):
     assert isinstance(value, float) and 0.0 <= value <= 1.0, value
+
+
+def same(got: float, expected: float | None) -> bool:
+    """lm-eval's value equals steer_eval's (None there is NaN here: no complete order set)."""
+    return math.isnan(got) if expected is None else got == pytest.approx(expected, abs=1e-12)
+
+
+def assert_metrics_match_analysis(results: dict, samples: dict[str, list[dict]], tasks: list[str]) -> None:
+    """Each task's metrics equal what steer_eval computes from the same logged samples: every response verified
+    again (scoring.verdict) and aggregated by steer_eval.report.analysis, independently of lm-eval's aggregation."""
+    from steer_eval.report.analysis import behavior_accuracy, summarize
+    from steer_eval.scoring.behaviors import CATEGORIES, get_behavior
+    from steer_eval.scoring.verdict import verify
+    grouped: dict[str, list[dict]] = {}
+    for task in tasks:
+        records = []
+        for sample in samples[task]:
+            verdict = verify(sample["doc"]["behaviors"], sample["filtered_resps"][0])
+            records.append({"behaviors": sample["doc"]["behaviors"], "prompt_id": sample["doc"]["prompt_id"],
+                            "followed": verdict.followed, "per_behavior": verdict.per_behavior})
+            assert sample["accuracy"] == float(verdict.followed)  # the logged per-sample score is the verdict
+        grouped[task] = records
+        metrics, summary = results["results"][task], summarize(records)["all"]
+        assert metrics["accuracy,none"] == pytest.approx(behavior_accuracy(records)["accuracy"])
+        for name in ("best_order_accuracy", "order_variance", "order_variance_max"):
+            assert same(metrics[f"{name},none"], summary[name]), (task, name, metrics, summary)
+        for category in CATEGORIES:
+            verdicts = [ok for r in records for b, ok in r["per_behavior"].items()
+                        if get_behavior(b).category == category]
+            assert same(metrics[f"acc_{category},none"], sum(verdicts) / len(verdicts) if verdicts else None)
+        for key, value in metrics.items():
+            if key.startswith(("accuracy", "acc_", "order_", "best_")) and "_stderr" not in key \
+                    and not math.isnan(value):
+                assert_unit_interval(value)
+    return grouped
+
+
+def assert_groups_match_analysis(results: dict, grouped: dict[str, list[dict]], groups: list[str]) -> None:
+    """A group's accuracy is the share over all its samples; its order variance the size-weighted mean of its
+    subtasks' (lm-eval's one group aggregation), each recomputed from the samples."""
+    from steer_eval.report.analysis import behavior_accuracy, summarize
+    for group in groups:
+        parts = {task: records for task, records in grouped.items() if task.startswith(group + "_")}
+        everything = [r for records in parts.values() for r in records]
+        assert results["groups"][group]["accuracy,none"] == pytest.approx(behavior_accuracy(everything)["accuracy"])
+        variance = sum(len(records) * summarize(records)["all"]["order_variance"] for records in parts.values())
+        assert results["groups"][group]["order_variance,none"] == pytest.approx(variance / len(everything))
+        assert_unit_interval(results["groups"][group]["order_variance,none"])
 
 
 def test_registration_hook_is_lazy_and_keeps_the_stock_models():
@@ -119,30 +168,48 @@ ERROR_CASES = {
 }
 
 
+def lm_eval_fails(lm_eval_main, cwd: Path, *args: str) -> str:
+    """Run `lm_eval <args>` in this process, expect it to fail; the stderr it leaves (the excepthook's too)."""
+    with pytest.raises(Exception) as caught:  # every case here fails; a run that passes fails the test
+        lm_eval_main(cwd, *args)
+    return caught.value.captured.err
+
+
 @pytest.mark.parametrize("case", list(ERROR_CASES))
-def test_user_errors_are_one_line_without_traceback(case, tmp_path):
+def test_user_errors_are_one_line_without_traceback(case, lm_eval_main, tmp_path):
     args, fix = ERROR_CASES[case]
+    stderr = lm_eval_fails(lm_eval_main, tmp_path, *args, "--limit", "1")
+    assert "Traceback" not in stderr, stderr[-3000:]
+    [line] = [line for line in stderr.splitlines() if line.startswith("steer-eval: error:")]
+    assert fix in line
+
+
+def test_a_user_error_ends_the_console_script_with_one_line(tmp_path):
+    """What only a real process shows: the installed script's exit status and its whole stderr."""
+    args, fix = ERROR_CASES["unknown hub id"]
     result = console("lm_eval", *args, "--limit", "1", cwd=tmp_path, ok=False)
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     [line] = [line for line in result.stderr.splitlines() if line.startswith("steer-eval: error:")]
     assert fix in line
 
 
-def test_missing_tokens_are_one_line_naming_them(tiny_model_dir, tmp_path):
-    result = console("lm_eval", "--model", "steering_hf", "--model_args",
-                     f"pretrained={tiny_model_dir},tokens_dir={tmp_path}", "--tasks", "compose_2", "--limit", "1",
-                     cwd=tmp_path, ok=False)
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert "steer-eval: error: these requests need steering tokens <and>, german, spanish, words_10_50," in result.stderr
+def test_missing_tokens_are_one_line_naming_them(tiny_model_dir, lm_eval_main, tmp_path):
+    stderr = lm_eval_fails(lm_eval_main, tmp_path, "--model", "steering_hf", "--model_args",
+                           f"pretrained={tiny_model_dir},tokens_dir={tmp_path}", "--tasks", "compose_2", "--limit", "1")
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "steer-eval: error: these requests need steering tokens <and>, german, spanish, words_10_50," in stderr
 
 
-def test_console_scripts_run_steering_and_stock_models_on_the_same_tasks(tiny_model_dir, tiny_tokens_dir, tmp_path):
+def test_console_scripts_run_steering_and_stock_models_on_the_same_tasks(tiny_model_dir, tiny_tokens_dir,
+                                                                       lm_eval_main, tmp_path):
+    """Both spellings of the command (`lm_eval ...`, `lm-eval run ...`), through lm-eval's CLI entry point in this
+    process; the installed scripts themselves run in the subprocess tests (user error, the command users type)."""
     common = ["--limit", "2", "--gen_kwargs", "max_gen_toks=8", "--log_samples"]
     steering_args = (f"pretrained={tiny_model_dir},tokens_dir={tiny_tokens_dir},control_method=hybrid,"
                      "mode=composition,batch_size=4")
-    console("lm_eval", "--model", "steering_hf", "--model_args", steering_args, "--tasks", "compose_2,steer_german",
-            "--output_path", str(tmp_path / "steering"), *common, cwd=tmp_path)
+    lm_eval_main(tmp_path, "--model", "steering_hf", "--model_args", steering_args, "--tasks", "compose_2,steer_german",
+                 "--output_path", tmp_path / "steering", *common)
     results, samples = results_of(tmp_path / "steering")
     seen = results["results"]["compose_2_seen"]
     for metric in ("accuracy", "acc_language", "best_order_accuracy", "order_variance", "order_variance_max",
@@ -168,31 +235,21 @@ def test_console_scripts_run_steering_and_stock_models_on_the_same_tasks(tiny_mo
     assert isinstance(first["filtered_resps"][0], str)
     assert {first["acc_language"], first["acc_length"]} <= {0.0, 1.0} and first["acc_format"] is None
 
-    console("lm-eval", "run", "--model", "steering_hf", "--model_args",
-            f"pretrained={tiny_model_dir},control_method=text", "--tasks", "steer_german",
-            "--output_path", str(tmp_path / "text"), *common, cwd=tmp_path)
+    lm_eval_main(tmp_path, "run", "--model", "steering_hf", "--model_args",
+                 f"pretrained={tiny_model_dir},control_method=text", "--tasks", "steer_german",
+                 "--output_path", tmp_path / "text", *common)
     results, samples = results_of(tmp_path / "text")
     assert results["results"]["steer_german"]["control_method,none"] == "text"
 
     # The text-instruction baseline: lm-eval's own hf class on the same task files.
-    console("lm_eval", "--model", "hf", "--model_args", f"pretrained={tiny_model_dir}", "--device", "cpu",
-            "--apply_chat_template", "--tasks", "compose_2", "--output_path", str(tmp_path / "stock"), *common,
-            cwd=tmp_path)
+    lm_eval_main(tmp_path, "--model", "hf", "--model_args", f"pretrained={tiny_model_dir}", "--device", "cpu",
+                 "--apply_chat_template", "--tasks", "compose_2", "--output_path", tmp_path / "stock", *common)
     results, samples = results_of(tmp_path / "stock")
     assert results["results"]["compose_2_unseen"]["mode,none"].startswith("stock model")
     assert samples["compose_2_unseen"][0]["steering_tokens"] == {}
     assert_unit_interval(results["results"]["compose_2_unseen"]["accuracy,none"])
     prompt = samples["compose_2_unseen"][0]["arguments"]["gen_args_0"]["arg_0"]
     assert samples["compose_2_unseen"][0]["doc"]["text_input"] in prompt and "<|im_start|>user" in prompt
-
-
-def _check_task_metrics(results: dict, tasks: list[str]):
-    for task in tasks:
-        metrics = results["results"][task]
-        assert_unit_interval(metrics["accuracy,none"])
-        for key, value in metrics.items():
-            if key.startswith(("acc_", "order_", "best_")) and "_stderr" not in key and not math.isnan(value):
-                assert_unit_interval(value)
 
 
 @pytest.mark.e2e
@@ -208,9 +265,9 @@ def test_default_model_steering_hf_on_compose_tasks(default_hf, write_random_tok
     backend = HFBackend("smollm2-135m", tokens_dir=tmp_path, model=default_hf.model, tokenizer=default_hf.tokenizer)
     lm = SteeringHFLM(backend=backend, control_method="steering", mode="composition")
     output = simple_evaluate(model=lm, tasks=["compose_2"], limit=2, gen_kwargs={"max_gen_toks": 32},
-                             task_manager=TaskManager())
-    _check_task_metrics(output, ["compose_2_seen", "compose_2_unseen"])
-    assert_unit_interval(output["groups"]["compose_2"]["order_variance,none"])
+                             task_manager=TaskManager(), log_samples=True)
+    grouped = assert_metrics_match_analysis(output, output["samples"], ["compose_2_seen", "compose_2_unseen"])
+    assert_groups_match_analysis(output, grouped, ["compose_2"])
 
 
 @pytest.mark.e2e
@@ -223,18 +280,17 @@ def test_default_model_steering_vllm_on_compose_tasks(vllm_default):
 
     lm = SteeringVLLMLM(backend=vllm_default, control_method="text")  # the session's one engine
     output = simple_evaluate(model=lm, tasks=["compose_2", "compose_3"], limit=6, gen_kwargs={"max_gen_toks": 64},
-                             task_manager=TaskManager())
-    _check_task_metrics(output, ["compose_2_seen", "compose_2_unseen", "compose_3_seen", "compose_3_unseen"])
-    for group in ("compose_2", "compose_3"):
-        assert_unit_interval(output["groups"][group]["order_variance,none"])
+                             task_manager=TaskManager(), log_samples=True)
+    grouped = assert_metrics_match_analysis(output, output["samples"], ["compose_2_seen", "compose_2_unseen",
+                                                                        "compose_3_seen", "compose_3_unseen"])
+    assert_groups_match_analysis(output, grouped, ["compose_2", "compose_3"])
     assert output["results"]["compose_3_seen"]["control_method,none"] == "text"
 
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("model", ["steering_hf", pytest.param("steering_vllm", marks=pytest.mark.vllm)])
-def test_the_command_users_type_runs_from_any_directory_on_the_defaults(model, vllm_engines, tmp_path):
+def test_the_command_users_type_runs_from_any_directory_on_the_defaults(model, tmp_path):
     """`lm_eval --model steering_vllm --tasks compose_2,compose_3`: no model_args, no include_path, another cwd."""
-    vllm_engines.close()  # the session's engines give their memory to the one this command starts
     # --limit 6: every subtask gets complete order sets (k = 3 has 6 orders), so order variance is defined.
     # --batch_size 8: lm-eval's default of 1 made this 24 unbatched generate calls (111 of 146 s, profiled).
     console("lm_eval", "--model", model, "--tasks", "compose_2,compose_3", "--limit", "6", "--batch_size", "8",
@@ -242,9 +298,9 @@ def test_the_command_users_type_runs_from_any_directory_on_the_defaults(model, v
     results, samples = results_of(tmp_path / "out")
     assert results["config"]["steer_eval"]["model"] == "smollm2-135m"
     assert results["config"]["steer_eval"]["tokens_dir"].endswith("SmolLM2-135M-Instruct/steering_tokens")
-    for group in ("compose_2", "compose_3"):
-        assert_unit_interval(results["groups"][group]["accuracy,none"])
-        assert_unit_interval(results["groups"][group]["order_variance,none"])
-    for task in ("compose_2_seen", "compose_2_unseen", "compose_3_seen", "compose_3_unseen"):
+    tasks = ["compose_2_seen", "compose_2_unseen", "compose_3_seen", "compose_3_unseen"]
+    grouped = assert_metrics_match_analysis(results, samples, tasks)
+    assert_groups_match_analysis(results, grouped, ["compose_2", "compose_3"])
+    for task in tasks:
         assert results["results"][task]["control_method,none"] == "steering"
         assert all(sample["steering_tokens"] for sample in samples[task])

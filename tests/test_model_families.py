@@ -10,7 +10,7 @@ from steer_eval.steering.activation import Intervention
 from steer_eval.steering.assembly import assemble, embed
 from steer_eval.backends.hf import HFBackend
 from steer_eval.training.distillation import distillation_step
-from steer_eval.steering.embedding_space import InputEmbeddings, UnsupportedModelError, measure_scale
+from steer_eval.steering.embedding_space import UnsupportedModelError, measure_scale
 from steer_eval.backends.generation import GenerationConfig
 from steer_eval.steering.tokens import SteeringToken, TokenStore
 
@@ -124,7 +124,7 @@ def test_hf_and_vllm_steer_identically(family, family_dirs, family_backends, vll
     hf._vectors.clear()
     engine = vllm_engines.activate(f"family-{family}", lambda: VLLMBackend(
         str(family_dirs[family]), tokens_dir=store.directory, max_model_len=256, dtype="float32",
-        kv_cache_memory_bytes=256 * 1024 ** 2, enforce_eager=True))
+        kv_cache_memory_bytes=256 * 1024 ** 2, enforce_eager=True, distributed_executor_backend="uni"))
     try:
         assert engine.embeddings.scale == hf.embeddings.scale
         prompts = [assemble(PROMPT, ["german"], hf.tokenizer), assemble(PROMPT, ["german", "uppercase"], hf.tokenizer),
@@ -135,32 +135,32 @@ def test_hf_and_vllm_steer_identically(family, family_dirs, family_backends, vll
         engine.shutdown()
 
 
-def _trainer():
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location("train", Path(__file__).parents[1] / "trainers" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_the_trainer_starts_and_learns_in_the_steering_space(family, family_dirs, family_backends, tmp_path):
     import json
-    trainer = _trainer()
-    backend = family_backends[family]
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
     from steer_eval.scoring.behaviors import get_behavior
+    from steer_eval.training.examples import semantic_init
+    backend = family_backends[family]
     ids = backend.tokenizer.encode(get_behavior("german").instructions[0], add_special_tokens=False)
     module_rows = backend.model.get_input_embeddings()(torch.tensor(ids))
-    assert torch.equal(trainer.semantic_init("german", backend.tokenizer, backend.embeddings),
+    assert torch.equal(semantic_init("german", backend.tokenizer, backend.embeddings),
                        module_rows.float().mean(0))  # Gemma: 8x the weight's rows
     data = tmp_path / "german.json"
     data.write_text(json.dumps([{"prompt": f"Why is the sky blue? ({i})", "response": "Weil Licht gestreut wird.",
                                  "behaviors": ["german"]} for i in range(4)]))
-    config = trainer.TrainConfig(model=str(family_dirs[family]), data=[str(data)], out_dir=str(tmp_path / "run"),
-                                 tokens_dir=str(tmp_path / "tokens"), batch_size=2, epochs=3, lr=3e-2, log_every=1,
-                                 temperature=1.0, chat_template_kwargs='{"enable_thinking": false}')
-    trainer.train(config)
+    trainer = Path(__file__).parents[1] / "trainers" / "train.py"
+    command = [sys.executable, str(trainer), "--model", str(family_dirs[family]), "--data", str(data),
+               "--out_dir", str(tmp_path / "run"), "--tokens_dir", str(tmp_path / "tokens"), "--batch_size", "2",
+               "--epochs", "3", "--lr", "3e-2", "--log_every", "1", "--temperature", "1.0",
+               "--chat_template_kwargs", '{"enable_thinking": false}', "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
     assert losses[-1] < losses[0]

@@ -1,8 +1,6 @@
 """Tasks for stock models that steer by themselves (`--metadata '{"prompt_only": true}'`): documents, the recorded
 setting, and lm-eval's stock `steered` model against `steering_hf` with control_method=caa on the same CAA vector."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,8 +8,6 @@ import torch
 
 from steer_eval.errors import SettingError
 from steer_eval.lmeval import tasks
-
-SCRIPTS = Path(sys.executable).parent
 
 
 def test_prompt_only_documents_give_stock_models_the_plain_prompt():
@@ -52,12 +48,11 @@ def test_score_records_the_prompt_only_setting():
 
 # --- end to end: lm-eval's stock `steered` model and steering_hf (caa) give the same responses ------------------
 
-def lm_eval(*args: str, cwd: Path) -> tuple[dict[int, dict], dict]:
-    """Run the lm_eval console script: (logged samples of steer_german by doc_id, its aggregated results)."""
-    result = subprocess.run([str(SCRIPTS / "lm_eval"), *args, "--tasks", "steer_german", "--limit", "2",
-                             "--gen_kwargs", "max_gen_toks=16", "--log_samples", "--output_path", str(cwd / "out")],
-                            capture_output=True, text=True, timeout=900, cwd=cwd)
-    assert result.returncode == 0, result.stderr[-4000:]
+def lm_eval(lm_eval_main, *args: str, cwd: Path) -> tuple[dict[int, dict], dict]:
+    """Run lm_eval's command (its CLI entry point, in this process): (logged samples of steer_german by doc_id, its
+    aggregated results)."""
+    lm_eval_main(cwd, *args, "--tasks", "steer_german", "--limit", "2", "--gen_kwargs", "max_gen_toks=16",
+                 "--log_samples", "--output_path", cwd / "out")
     [samples] = (cwd / "out").glob("**/samples_steer_german_*.jsonl")
     [results] = (cwd / "out").glob("**/results_*.json")
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
@@ -65,7 +60,8 @@ def lm_eval(*args: str, cwd: Path) -> tuple[dict[int, dict], dict]:
 
 
 @pytest.mark.slow
-def test_stock_steered_model_on_prompt_only_tasks_equals_steering_hf_caa(tiny_hf, tiny_model_dir, tmp_path):
+def test_stock_steered_model_on_prompt_only_tasks_equals_steering_hf_caa(tiny_hf, tiny_model_dir, lm_eval_main,
+                                                                          tmp_path):
     from steer_eval.training.caa import caa_token, export_steered
     from steer_eval.backends.generation import GenerationConfig
     from steer_eval.steering.tokens import TokenStore
@@ -80,11 +76,12 @@ def test_stock_steered_model_on_prompt_only_tasks_equals_steering_hf_caa(tiny_hf
 
     (tmp_path / "stock").mkdir()
     stock, stock_results = lm_eval(
-        "--model", "steered", "--model_args", f"pretrained={tiny_model_dir},steer_path={steer_path},dtype=float32",
+        lm_eval_main, "--model", "steered", "--model_args",
+        f"pretrained={tiny_model_dir},steer_path={steer_path},dtype=float32",
         "--device", "cpu", "--apply_chat_template", "--metadata", '{"prompt_only": true}', cwd=tmp_path / "stock")
     (tmp_path / "ours").mkdir()
     ours, our_results = lm_eval(
-        "--model", "steering_hf", "--model_args",
+        lm_eval_main, "--model", "steering_hf", "--model_args",
         f"pretrained={tiny_model_dir},tokens_dir={store.directory},control_method=caa,dtype=float32,batch_size=1",
         "--device", "cpu", cwd=tmp_path / "ours")
 

@@ -267,7 +267,13 @@ def _grid(args) -> int:
     from steer_eval.runs.runner import run as run_requests
 
     only = [c.split("+") for c in args.combination] if args.combination else None
-    prompts = load_prompts(args.data_path)[:args.num_prompts]
+    available = load_prompts(args.data_path)
+    prompts = available[:args.num_prompts]
+    if len(available) < args.num_prompts:
+        logging.getLogger("steer_eval.cli").warning(
+            "--num-prompts %d: %s holds %d prompts; the grid uses all %d (give a larger --data-path file for more)",
+            args.num_prompts, "the bundled test split" if args.data_path == "bundled" else args.data_path,
+            len(available), len(available))
     plan = build_grid(prompts, args.ks, args.control_methods, args.modes, args.max_combinations, args.seed, only,
                       args.first_instruction)
     if len(plan) == 0:
