@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (README, "Training steering tokens"), run from the root of the carried checkout. The 98 MB GGUF
+# One call on a lent GPU machine (docs/training.md), run from the root of the carried checkout. The 98 MB GGUF
 # travels in three pieces (a call carries at most 64 MiB): earlier calls copied .gpu/a1/part1 and .gpu/a2/part1b to
 # /root/cache and the regex package to /root/r (trainers/gpu_carry.sh); this
 # one carries .gpu/b (part2, the pure-Python packages gguf and py3langid, the tokenizer files of the local model

@@ -1,4 +1,4 @@
-"""Self-distillation trainer for steering tokens (method: README, "Training steering tokens"). Reads top to bottom:
+"""Self-distillation trainer for steering tokens (method: docs/training.md). Reads top to bottom:
 
   config -> data -> model + vectors -> optimiser/schedule -> (resume) -> loop -> checkpoints -> token store.
 

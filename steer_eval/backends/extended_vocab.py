@@ -1,10 +1,11 @@
 """A copy of a model folder whose embedding table has spare rows for steering vectors.
 
 vLLM serves prompts of token ids at full speed, but prompts carrying embeddings cost 20-36% of its throughput
-(measured in the README, "vLLM backend"). So the vLLM backend gives every steering token a row of its own in the engine's embedding table,
-appended after the last id the tokenizer can produce, and sends plain token ids. This module writes the model
-folder with those extra rows (zeros; the engine fills them at run time) once, cached under $STEER_EVAL_HOME.
-The rows also lengthen the output projection (tied or not), so the engine masks their logits: see backends/vllm.py.
+(docs/benchmarks/throughput.md). So the vLLM backend gives every steering token a row of its own in the engine's
+embedding table, appended after the last id the tokenizer can produce, and sends plain token ids. This module
+writes the model folder with those extra rows (zeros; the engine fills them at run time) once, cached under
+$STEER_EVAL_HOME. The rows also lengthen the output projection (tied or not), so the engine masks their logits: see
+backends/vllm.py.
 """
 from __future__ import annotations
 

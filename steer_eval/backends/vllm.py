@@ -1,6 +1,6 @@
 """vLLM backend: one long-lived engine per process; steering vectors live in spare rows of its embedding table.
 
-Input design (chosen by measurement, README "vLLM backend"): each steering token gets its own row after the last
+Input design (chosen by measurement, docs/vllm.md): each steering token gets its own row after the last
 id the tokenizer can produce (backends/extended_vocab.py), so a steering prompt reaches vLLM as plain token ids
 and runs at plain-prompt speed with prefix caching intact; `prompt_embeds` would cost 20-36% of throughput.
 Two duties come with it, both done inside the engine by `SteeringRowsWorker`:

@@ -163,7 +163,7 @@ def connect(address: str | None) -> None:
         raise UserError(f"cannot connect to the Ray cluster at {address!r} ({first_line[:300]}); check the address "
                         "(host:port of `ray start --head`), and for a cluster with token authentication (Ray's "
                         "default) export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<the cluster's token file> "
-                        "before running (README, 'Running on a Ray cluster')") from None
+                        "before running (docs/grids.md, 'Running on a Ray cluster')") from None
 
 
 def _stop(workers: list) -> None:

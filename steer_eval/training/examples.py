@@ -1,6 +1,6 @@
 """Training examples of self-distillation and what the trainers build from them: the student's prompt with steering
 slots, the teacher's prompt with a sampled instruction paraphrase, the epoch order, the initial vectors and the
-`<and>` orthogonality penalty (method: README, "Training steering tokens").
+`<and>` orthogonality penalty (method: docs/training.md).
 
 Shared by trainers/train.py, trainers/train_prosv.py and benchmarks/bench_train.py, so the three train on the same
 examples and teachers.
