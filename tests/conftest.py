@@ -7,12 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# vLLM engines of this session run in the test process (engine core and worker alike): on two cores, spawning
-# the engine-core and worker processes (each re-imports torch and vLLM) was most of an engine's start, 76 s of
-# 82 s for the default model; in-process a later engine starts in 3-5 s. Set before vLLM is imported (it caches
-# its environment once an engine has started); commands the tests run inherit it, as a user may set it too.
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-
 
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
@@ -86,9 +80,10 @@ def default_hf(default_model_dir, tmp_path_factory):
 
 
 class VLLMEngines:
-    """One engine per key for the whole session (in-process engines are small here: the default model's takes
-    ~1 GB with its KV cache); no test closes them. A test about restarts shuts its own engine down, and the
-    backend starts it again on its next call."""
+    """One engine per key for the whole session, each in its own engine-core process (vLLM's default; engines in
+    the test process share vLLM's global parallel state, so one engine's shutdown broke the others, and its
+    Transformers fallback patches Hugging Face classes the HF backend then runs). A test about restarts shuts its
+    own engine down, and the backend starts it again on its next call."""
 
     def __init__(self):
         self.backends = {}
@@ -190,6 +185,8 @@ def lm_eval_main(monkeypatch, capsys, lm_eval_index_cache):
     import lm_eval.utils
     from lm_eval.__main__ import cli_evaluate
 
+    from steer_eval.lmeval.plugin import report_user_errors
+
     def main(cwd, *args: str) -> tuple[str, str]:
         monkeypatch.chdir(cwd)
         monkeypatch.setattr(sys, "argv", ["lm_eval", *map(str, args)])
@@ -200,11 +197,15 @@ def lm_eval_main(monkeypatch, capsys, lm_eval_index_cache):
         monkeypatch.setattr(logger, "handlers", [])
         monkeypatch.setattr(logger, "propagate", logger.propagate)
         monkeypatch.setattr(logger, "level", logger.level)
+        # The excepthook as a fresh process has it once lm-eval's registry is imported (the hook installs it then;
+        # here lm-eval was imported long ago, and an in-process ray.init replaces sys.excepthook with Ray's own).
+        # That the installed script really gets it: test_lmeval_cli's console-script test, in a subprocess.
+        monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+        report_user_errors()
         capsys.readouterr()
         try:
             cli_evaluate()
         except Exception as error:
-            assert getattr(sys.excepthook, "_steer_eval", False), "the registration hook installed no excepthook"
             sys.excepthook(type(error), error, error.__traceback__)
             error.captured = capsys.readouterr()
             raise

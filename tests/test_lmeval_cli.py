@@ -138,7 +138,7 @@ def test_tasks_are_found_without_include_path_and_a_users_copy_wins(tmp_path):
 
     from lm_eval.tasks import TaskManager
 
-    from steer_eval.tasks import TASKS_DIR
+    from steer_eval.lmeval.plugin import TASKS_DIR
     assert Path(TaskManager().task_index["steer_german"].yaml_path).parent == TASKS_DIR
     copy = tmp_path / "my_tasks"
     shutil.copytree(TASKS_DIR, copy)

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from steer_eval.compat import check_supported
 from steer_eval.errors import UserError
-from steer_eval.tasks import TASKS_DIR
 
+# The package's task folder, by path: it is data for lm-eval (YAML, and the utils.py its files name), read, not
+# imported, from here.
+TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
 MODEL_CLASSES = {
     "steering_hf": "steer_eval.lmeval.models:SteeringHFLM",
     "steering_vllm": "steer_eval.lmeval.models:SteeringVLLMLM",
