@@ -66,8 +66,8 @@ def scan(requests: Iterable[Request]) -> PlanScan:
                             "own id")
     for behaviors, _, _ in settings:
         resolve(behaviors)  # an unknown behaviour is named as one, not as a missing steering token
-    result.hashes = np.unique(np.frombuffer(hashes, dtype=np.int64))
-    if len(result.hashes) != result.count:
+    result.hashes = _sorted_in_place(hashes)
+    if np.count_nonzero(result.hashes[1:] == result.hashes[:-1]):
         raise UserError("the same evaluation appears twice in one run (repeated prompt ids or settings); remove "
                         "the repetition")
     result.tokens = {name for setting in settings for name in vector_names(*setting)}
@@ -137,7 +137,15 @@ def _stored_hashes(path: Path, run_id: str, prompts: dict[str, str]) -> np.ndarr
                                    "than this run's; prompt ids must name the same prompt in every run into one "
                                    "output: use a new output or give the prompts stable ids")
         hashes.append(hash(request.key))
-    return np.unique(np.frombuffer(hashes, dtype=np.int64))
+    return _sorted_in_place(hashes)
+
+
+def _sorted_in_place(hashes: array) -> np.ndarray:
+    """The hashes sorted, as an int64 array over the same memory: 8 bytes a key and no copy (np.unique's copies
+    and index arrays tripled the driver's peak at 10M evaluations)."""
+    keys = np.frombuffer(hashes, dtype=np.int64)
+    keys.sort()
+    return keys
 
 
 def _recorded(done: np.ndarray, hashes: np.ndarray) -> np.ndarray:
