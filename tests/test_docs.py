@@ -12,8 +12,10 @@ docs/**/*.md is checked against the code, without being run:
   `--flag` must be one its parser defines (read from the script's source, or the parser it hands over to);
 - `bash scripts|trainers/X.sh` must name a file that exists.
 
-A `# needs: gpu` or `# needs: cluster` comment line may mark the command below it as one that needs that hardware.
-Nothing here runs a command, so marked commands get the same static checks.
+A `# needs: gpu` or `# needs: cluster` comment line may mark the command below it as one that needs that hardware;
+marked commands get the same static checks. The README's `steer-eval` commands that need no vLLM engine are also
+run (an output shown under one must be its output); its lm_eval and vLLM grid commands run in test_lmeval_cli.py and
+scripts/main_job.sh on the same defaults.
 """
 from __future__ import annotations
 
@@ -309,3 +311,42 @@ def test_the_checker_reads_blocks_as_a_shell_would():
     commands = shell_commands(markdown, "example.md")
     assert [(c.source, c.needs) for c in commands] == [("example.md:3", "gpu"), ("example.md:10", None)]
     assert command_error(commands[0].text) is not None and command_error(commands[1].text) is None
+
+
+# The README's first five minutes, run: every `steer-eval` command there that needs no vLLM engine (those, and the
+# card's lm_eval command, run in tests/test_lmeval_cli.py on the same defaults). An output the README shows as a
+# comment (`# {...}` under the command) must be the output.
+CHEAP_SUBCOMMANDS = {"models", "behaviors", "verify", "generate"}
+
+
+def readme_runnable() -> list[tuple[Command, str | None]]:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    runnable = []
+    for command in shell_commands("\n".join(lines), "README.md"):
+        args = shlex.split(command.text, comments=True)
+        if args[0] != "steer-eval" or not (args[1] in CHEAP_SUBCOMMANDS or "--dry-run" in args):
+            continue
+        end = int(command.source.rsplit(":", 1)[1]) - 1
+        while lines[end].rstrip().endswith("\\"):
+            end += 1
+        after = lines[end + 1].strip() if end + 1 < len(lines) else ""
+        shown = after[2:] if after.startswith("# {") else None
+        runnable.append((command, shown))
+    return runnable
+
+
+@pytest.mark.e2e
+def test_the_readme_first_commands_run_as_shown(default_model_dir, tmp_path, monkeypatch):
+    from steer_eval.cli.main import main
+    monkeypatch.chdir(tmp_path)
+    commands = readme_runnable()
+    assert {shlex.split(c.text)[1] for c, _ in commands} >= CHEAP_SUBCOMMANDS | {"grid"}
+    assert any(shown for _, shown in commands)  # verify's output, shown under it
+    for command, shown in commands:
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
+            code = main(shlex.split(command.text, comments=True)[1:])
+        assert code == 0, command
+        assert stdout.getvalue().strip(), command
+        if shown is not None:
+            assert stdout.getvalue().strip() == shown, command
