@@ -13,8 +13,8 @@ docs/**/*.md is checked against the code, without being run:
 - `bash scripts|trainers/X.sh` must name a file that exists.
 
 A `# needs: gpu` or `# needs: cluster` comment line may mark the command below it as one that needs that hardware;
-marked commands get the same static checks. The README's `steer-eval` commands that need no vLLM engine are also
-run (an output shown under one must be its output); its lm_eval and vLLM grid commands run in test_lmeval_cli.py and
+marked commands get the same static checks. The `steer-eval` commands of README and docs that need no vLLM engine are
+also run (an output shown under one must be its output); the card's lm_eval command runs in test_lmeval_cli.py and
 scripts/main_job.sh on the same defaults.
 """
 from __future__ import annotations
@@ -313,39 +313,44 @@ def test_the_checker_reads_blocks_as_a_shell_would():
     assert command_error(commands[0].text) is not None and command_error(commands[1].text) is None
 
 
-# The README's first five minutes, run: every `steer-eval` command there that needs no vLLM engine (those, and the
-# card's lm_eval command, run in tests/test_lmeval_cli.py on the same defaults). An output the README shows as a
-# comment (`# {...}` under the command) must be the output.
+# The cheap commands of README and docs, run: every `steer-eval` command that needs no vLLM engine (those, and the
+# card's lm_eval command, run in tests/test_lmeval_cli.py on the same defaults). An output a page shows as a comment
+# (`# {...}` under the command) must be the output; a `--file` the reader would bring is a short German response.
 CHEAP_SUBCOMMANDS = {"models", "behaviors", "verify", "generate"}
+STEER_EVAL = ("steer-eval", ".venv/bin/steer-eval")
 
 
-def readme_runnable() -> list[tuple[Command, str | None]]:
-    lines = README.read_text(encoding="utf-8").splitlines()
+def runnable_commands() -> list[tuple[Command, str | None]]:
     runnable = []
-    for command in shell_commands("\n".join(lines), "README.md"):
-        args = shlex.split(command.text, comments=True)
-        if args[0] != "steer-eval" or not (args[1] in CHEAP_SUBCOMMANDS or "--dry-run" in args):
-            continue
-        end = int(command.source.rsplit(":", 1)[1]) - 1
-        while lines[end].rstrip().endswith("\\"):
-            end += 1
-        after = lines[end + 1].strip() if end + 1 < len(lines) else ""
-        shown = after[2:] if after.startswith("# {") else None
-        runnable.append((command, shown))
+    for path in markdown_files():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for command in shell_commands("\n".join(lines), str(path.relative_to(ROOT))):
+            args = shlex.split(command.text, comments=True)
+            if args[0] not in STEER_EVAL or not (args[1] in CHEAP_SUBCOMMANDS or "--dry-run" in args):
+                continue
+            end = int(command.source.rsplit(":", 1)[1]) - 1
+            while lines[end].rstrip().endswith("\\"):
+                end += 1
+            after = lines[end + 1].strip() if end + 1 < len(lines) else ""
+            runnable.append((command, after[2:] if after.startswith("# {") else None))
     return runnable
 
 
 @pytest.mark.e2e
-def test_the_readme_first_commands_run_as_shown(default_model_dir, tmp_path, monkeypatch):
+def test_the_cheap_commands_of_the_docs_run_as_shown(default_model_dir, tmp_path, monkeypatch):
     from steer_eval.cli.main import main
     monkeypatch.chdir(tmp_path)
-    commands = readme_runnable()
+    commands = runnable_commands()
     assert {shlex.split(c.text)[1] for c, _ in commands} >= CHEAP_SUBCOMMANDS | {"grid"}
-    assert any(shown for _, shown in commands)  # verify's output, shown under it
+    assert any(c.source.startswith("docs/") for c, _ in commands)
+    assert any(shown for _, shown in commands)  # README's verify output, shown under it
     for command, shown in commands:
+        args = shlex.split(command.text, comments=True)[1:]
+        if "--file" in args and args[args.index("--file") + 1] != "-":
+            (tmp_path / args[args.index("--file") + 1]).write_text("Katzen schnurren, wenn sie zufrieden sind.")
         stdout = io.StringIO()
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-            code = main(shlex.split(command.text, comments=True)[1:])
+            code = main(args)
         assert code == 0, command
         assert stdout.getvalue().strip(), command
         if shown is not None:
