@@ -132,8 +132,8 @@ def _markdown(results: dict) -> str:
     cli = results.get("cli")
     if cli:
         lines += ["## `steer-eval grid` (k = 1..4, steering) then `steer-eval analyze` of its folder", "",
-                  f"Each row: `{' '.join(['steer-eval', *GRID])} --num-prompts N --data-path FILE --output-dir DIR`, then "
-                  "`steer-eval analyze DIR`. Bytes per record = (analyze's peak RSS − "
+                  f"Each row: `{' '.join(['steer-eval', *GRID])} --num-prompts N --data-path FILE --output-dir DIR`, "
+                  "then `steer-eval analyze DIR`. Bytes per record = (analyze's peak RSS − "
                   f"{cli['analyze_baseline_peak_rss_mb']} MB, analyze of a one-prompt k = 1 grid) / records.", "",
                   "| evaluations | prompts | records file | grid wall | grid peak RSS | analyze wall | analyze peak RSS "
                   "| summary bytes/record |", "|---|---|---|---|---|---|---|---|"]

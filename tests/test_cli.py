@@ -1,34 +1,15 @@
 """The CLI contract: through the CLI's main(argv) in this process, as the console script calls it; the installed
 script itself in a subprocess where only a process shows it (exit status, stdin, a closed pipe)."""
-import contextlib
-import io
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from steer_eval.cli.main import main
+from cli_in_process import cli
 
 SCRIPT = str(Path(sys.executable).parent / "steer-eval")
-
-
-def cli(*args, check=True) -> subprocess.CompletedProcess:
-    """`steer-eval ARGS` in this process: its exit status, stdout and stderr."""
-    stdout, stderr, sigterm = io.StringIO(), io.StringIO(), signal.getsignal(signal.SIGTERM)
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            code = main(list(args))
-        except SystemExit as exit:  # argparse's usage errors
-            code = exit.code
-        finally:
-            signal.signal(signal.SIGTERM, sigterm)  # main() installs its own handler, as the script's process would
-    result = subprocess.CompletedProcess(["steer-eval", *args], code, stdout.getvalue(), stderr.getvalue())
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def test_the_console_script_refuses_bad_input_with_exit_2_and_one_line():

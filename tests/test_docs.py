@@ -323,8 +323,9 @@ STEER_EVAL = ("steer-eval", ".venv/bin/steer-eval")
 def runnable_commands() -> list[tuple[Command, str | None]]:
     runnable = []
     for path in markdown_files():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for command in shell_commands("\n".join(lines), str(path.relative_to(ROOT))):
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        for command in shell_commands(text, str(path.relative_to(ROOT))):
             args = shlex.split(command.text, comments=True)
             if args[0] not in STEER_EVAL or not (args[1] in CHEAP_SUBCOMMANDS or "--dry-run" in args):
                 continue
@@ -338,7 +339,7 @@ def runnable_commands() -> list[tuple[Command, str | None]]:
 
 @pytest.mark.e2e
 def test_the_cheap_commands_of_the_docs_run_as_shown(default_model_dir, tmp_path, monkeypatch):
-    from steer_eval.cli.main import main
+    from cli_in_process import cli
     monkeypatch.chdir(tmp_path)
     commands = runnable_commands()
     assert {shlex.split(c.text)[1] for c, _ in commands} >= CHEAP_SUBCOMMANDS | {"grid"}
@@ -348,10 +349,8 @@ def test_the_cheap_commands_of_the_docs_run_as_shown(default_model_dir, tmp_path
         args = shlex.split(command.text, comments=True)[1:]
         if "--file" in args and args[args.index("--file") + 1] != "-":
             (tmp_path / args[args.index("--file") + 1]).write_text("Katzen schnurren, wenn sie zufrieden sind.")
-        stdout = io.StringIO()
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-            code = main(args)
-        assert code == 0, command
-        assert stdout.getvalue().strip(), command
+        result = cli(*args, check=False)
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+        assert result.stdout.strip(), command
         if shown is not None:
-            assert stdout.getvalue().strip() == shown, command
+            assert result.stdout.strip() == shown, command
