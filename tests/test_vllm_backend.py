@@ -228,3 +228,22 @@ def test_tiny_rows_are_rewritten_after_a_restart(vllm_tiny):
     before = vllm_tiny.loglikelihood([(a, " The end.") for a in assembled], progress=False)
     vllm_tiny.shutdown()  # the next call starts a fresh engine whose spare rows are zeros
     assert vllm_tiny.loglikelihood([(a, " The end.") for a in assembled], progress=False) == before
+
+
+def test_cpu_defaults_are_eager_and_float32_where_bfloat16_is_emulated():
+    from steer_eval.backends.vllm import CPU_KV_CACHE_BYTES, cpu_engine_defaults
+    emulated = cpu_engine_defaults({}, native_bf16=False)
+    assert emulated == {"enforce_eager": True, "kv_cache_memory_bytes": CPU_KV_CACHE_BYTES, "dtype": "float32"}
+    assert cpu_engine_defaults({"dtype": "auto"}, native_bf16=False)["dtype"] == "float32"
+    assert "dtype" not in cpu_engine_defaults({}, native_bf16=True)  # vLLM's own choice where bf16 is native
+    chosen = {"dtype": "bfloat16", "enforce_eager": False, "kv_cache_memory_bytes": 1 << 30}
+    assert cpu_engine_defaults(chosen, native_bf16=False) == chosen  # what the caller chose stays
+    assert "kv_cache_memory_bytes" not in cpu_engine_defaults({"gpu_memory_utilization": 0.5}, native_bf16=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults apply where no GPU is")
+def test_the_backend_applies_the_cpu_defaults_to_its_engine(default_model_dir):
+    from steer_eval.backends.vllm import VLLMBackend, cpu_engine_defaults
+    backend = VLLMBackend("smollm2-135m", max_model_len=512)  # the engine starts only on first use: never here
+    expected = cpu_engine_defaults({}, torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert {key: backend.engine_kwargs[key] for key in expected} == expected

@@ -34,6 +34,20 @@ WORKER_EXTENSION = f"{__name__}.SteeringRowsWorker"
 CPU_KV_CACHE_BYTES = 2 * 1024 ** 3  # vLLM-CPU otherwise reserves a fraction of the (shared) machine's RAM
 
 
+def cpu_engine_defaults(engine_kwargs: dict, native_bf16: bool) -> dict:
+    """What vLLM-CPU runs with when the caller left it open (docs/benchmarks/cpu-engine.md has the measurements):
+    - eager: torch.compile adds ~75 s to every start on two cores (vLLM 0.32 fails to reload its compile cache)
+      for ~5% faster decoding, which pays back only after ~300k generated tokens;
+    - float32 under dtype auto on a CPU without native bfloat16 (no AVX512-BF16/AMX): vLLM-CPU would run the
+      checkpoint in bfloat16, emulated there, 6x slower than float32 (and float32 is what the HF backend runs)."""
+    options = {"enforce_eager": True, **engine_kwargs}
+    if "gpu_memory_utilization" not in options:
+        options.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+    if options.get("dtype", "auto") == "auto" and not native_bf16:
+        options["dtype"] = "float32"
+    return options
+
+
 class SteeringRowsWorker:
     """Mixed into vLLM's worker (engine arg worker_extension_cls); reached through `LLM.collective_rpc`."""
 
@@ -107,8 +121,8 @@ class VLLMBackend(SteeringBackend):
                               "tensor_parallel_size": tensor_parallel_size, **engine_kwargs}
         if gpu_memory_utilization is not None:
             self.engine_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        elif not torch.cuda.is_available():
-            self.engine_kwargs.setdefault("kv_cache_memory_bytes", CPU_KV_CACHE_BYTES)
+        if not torch.cuda.is_available():
+            self.engine_kwargs = cpu_engine_defaults(self.engine_kwargs, torch.ops.mkldnn._is_mkldnn_bf16_supported())
         self._llm = None
         self._row_of: dict[str, int] = {}  # steering-token name -> spare-row index
         self._row_vector: dict[int, torch.Tensor] = {}  # what each written row holds
@@ -176,7 +190,7 @@ class VLLMBackend(SteeringBackend):
 
     @property
     def dtype(self) -> torch.dtype:
-        """What the engine computes in (vLLM-CPU downcasts fp32 checkpoints to bf16 under dtype auto)."""
+        """What the engine computes in (under dtype auto vLLM picks it; on CPU see `cpu_engine_defaults`)."""
         return self.llm.llm_engine.vllm_config.model_config.dtype
 
     def token_ids(self, prompt: AssembledPrompt) -> list[int]:

