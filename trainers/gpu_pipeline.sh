@@ -16,6 +16,8 @@ AND_LR="${AND_LR:-$LR}"
 AND_EPOCHS="${AND_EPOCHS:-$EPOCHS}"
 PAIR_SAMPLES="${PAIR_SAMPLES:-1}"  # teacher responses per train prompt and pair
 TAG="${TAG:-}"                     # a second training round keeps its tokens, runs and evaluations apart
+DATA_TAG="${DATA_TAG:-}"           # another teacher-data size keeps its data apart (issue 28: _4k, _16k)
+DATA="$W/data$DATA_TAG"
 BATCH="${BATCH:-32}"
 GEN_BATCH="${GEN_BATCH:-512}"
 FILTER="${FILTER---filter}"      # keep only verifier-passing teacher responses (empty: keep all)
@@ -50,12 +52,12 @@ SHIPPED="$(cat "$W/shipped.txt")"
 SEEN="$($PY -c "import sys; from steer_eval.scoring.behaviors import get_behavior as g; print(' '.join(b for b in sys.argv[1:] if not g(b).unseen))" $SHIPPED)"
 echo "shipped: $SHIPPED | seen: $SEEN"
 
-if stage data_singles; then
+if stage data_singles$DATA_TAG; then
   $PY "$HERE/build_data.py" --model "$MODEL" --behaviors $SHIPPED --samples "$SAMPLES" --temperature "$TEMPERATURE" \
-      $FILTER --limit "$LIMIT" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --dtype float32 --out_dir "$W/data"
+      $FILTER --limit "$LIMIT" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --dtype float32 --out_dir "$DATA"
   $PY "$HERE/build_data.py" --model "$MODEL" --behaviors $SHIPPED --split val $FILTER \
-      --limit "$LIMIT" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --dtype float32 --out_dir "$W/data"
-  mark data_singles
+      --limit "$LIMIT" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --dtype float32 --out_dir "$DATA"
+  mark data_singles$DATA_TAG
 fi
 
 train() {  # train STAGE RUN_DIR ARGS...: start, or resume from the run's checkpoint
@@ -67,21 +69,21 @@ train() {  # train STAGE RUN_DIR ARGS...: start, or resume from the run's checkp
 if stage train_behaviour$TAG; then
   singles_train=(); singles_val=()
   for b in $SHIPPED; do
-    singles_train+=("$(ls "$W"/data/*/"${b}_train.json")"); singles_val+=("$(ls "$W"/data/*/"${b}_val.json")")
+    singles_train+=("$(ls "$DATA"/*/"${b}_train.json")"); singles_val+=("$(ls "$DATA"/*/"${b}_val.json")")
   done
   train behaviour "$RUNS/behaviour" --data "${singles_train[@]}" --lr "$LR" --epochs "$EPOCHS" \
       --batch_size "$BATCH" --run_validation --val_data_path "${singles_val[@]}" --eval_every 100 --log_every 10
   mark train_behaviour$TAG
 fi
 
-if stage data_pairs_s$PAIR_SAMPLES; then
+if stage data_pairs_s$PAIR_SAMPLES$DATA_TAG; then
   $PY "$HERE/build_data.py" --model "$MODEL" --behaviors $SEEN --pairs seen --samples "$PAIR_SAMPLES" --temperature "$TEMPERATURE" \
-      $FILTER --limit "$LIMIT" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --dtype float32 --out_dir "$W/data"
-  mark data_pairs_s$PAIR_SAMPLES
+      $FILTER --limit "$LIMIT" --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --dtype float32 --out_dir "$DATA"
+  mark data_pairs_s$PAIR_SAMPLES$DATA_TAG
 fi
 
 if stage train_and$TAG; then
-  train and "$RUNS/and" --data "$W"/data/and/*_train.json --lr "$AND_LR" --epochs "$AND_EPOCHS" --batch_size "$BATCH" \
+  train and "$RUNS/and" --data "$DATA"/and/*_train.json --lr "$AND_LR" --epochs "$AND_EPOCHS" --batch_size "$BATCH" \
       --log_every 10
   mark train_and$TAG
 fi
