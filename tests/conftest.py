@@ -223,12 +223,21 @@ def _shares_module_fixture(item) -> bool:
                for definitions in item._fixtureinfo.name2fixturedefs.values() for definition in definitions)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+HEAVY_MARKS = ("vllm", "slow", "e2e")
+
+
+def _heaviness(item) -> tuple:
+    """Sort key: the engine group first, then tests marked vllm, slow or e2e, so no long group starts last."""
+    in_engine_group = any(mark.args == (ENGINE_GROUP,) for mark in item.iter_markers("xdist_group"))
+    return (not in_engine_group, *(item.get_closest_marker(mark) is None for mark in HEAVY_MARKS))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the groups into node ids
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (scripts/test.sh runs two workers, --dist loadgroup): the tests of the session's vLLM
     engines run on one worker, so each engine starts once, and so do the tests of a module that share a
-    module-scoped fixture (a model, a server, a cluster). That engine group goes first: it is the longest."""
-    if config.getoption("dist", "no") == "no":
+    module-scoped fixture (a model, a server, a cluster). Every worker collects and sorts the same way."""
+    if not getattr(config.option, "loadgroup", False):  # set on the workers, where collection happens
         return
     modules_with_engines = {item.module.__name__ for item in items if ENGINE_FIXTURES & set(item.fixturenames)}
     for item in items:
@@ -238,4 +247,4 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(ENGINE_GROUP))
         elif _shares_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(module))
-    items.sort(key=lambda item: not any(mark.args == (ENGINE_GROUP,) for mark in item.iter_markers("xdist_group")))
+    items.sort(key=_heaviness)

@@ -19,11 +19,12 @@ import shutil, sys
 from pathlib import Path
 import torch
 from steer_eval.steering.embedded import EMBEDDED_MODELS, _convert
-from steer_eval.steering.models import _sha256, load_model
+from steer_eval.steering.model_store import file_sha256
+from steer_eval.steering.models import load_model
 from steer_eval.steering.tokens import ModelIdentity
 spec = EMBEDDED_MODELS["smollm2-135m"]
 gguf = Path("/root/cache/SmolLM2-135M-Instruct.Q4_1.gguf")
-assert _sha256(gguf) == spec.gguf_sha256, "GGUF pieces do not join to the published file"
+assert file_sha256(gguf) == spec.gguf_sha256, "GGUF pieces do not join to the published file"
 target = Path("/root/w/SmolLM2-135M-Instruct")
 _convert(spec, gguf, target)
 for name in Path(".gpu/b/tok").iterdir():  # the CPU folder's tokenizer and config, so ids match exactly
