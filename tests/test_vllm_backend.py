@@ -243,7 +243,7 @@ def test_cpu_defaults_are_eager_and_float32_where_bfloat16_is_emulated():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU defaults apply where no GPU is")
 def test_the_backend_applies_the_cpu_defaults_to_its_engine(default_model_dir):
-    from steer_eval.backends.vllm import VLLMBackend, cpu_engine_defaults
+    from steer_eval.backends.vllm import VLLMBackend, cpu_engine_defaults, cpu_has_native_bf16
     backend = VLLMBackend("smollm2-135m", max_model_len=512)  # the engine starts only on first use: never here
-    expected = cpu_engine_defaults({}, torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    expected = cpu_engine_defaults({}, cpu_has_native_bf16())
     assert {key: backend.engine_kwargs[key] for key in expected} == expected

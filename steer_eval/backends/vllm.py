@@ -34,6 +34,11 @@ WORKER_EXTENSION = f"{__name__}.SteeringRowsWorker"
 CPU_KV_CACHE_BYTES = 2 * 1024 ** 3  # vLLM-CPU otherwise reserves a fraction of the (shared) machine's RAM
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), as oneDNN, which vLLM-CPU runs on, sees it."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def cpu_engine_defaults(engine_kwargs: dict, native_bf16: bool) -> dict:
     """What vLLM-CPU runs with when the caller left it open (docs/benchmarks/cpu-engine.md has the measurements):
     - eager: torch.compile adds ~75 s to every start on two cores (vLLM 0.32 fails to reload its compile cache)
@@ -122,7 +127,7 @@ class VLLMBackend(SteeringBackend):
         if gpu_memory_utilization is not None:
             self.engine_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if not torch.cuda.is_available():
-            self.engine_kwargs = cpu_engine_defaults(self.engine_kwargs, torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            self.engine_kwargs = cpu_engine_defaults(self.engine_kwargs, cpu_has_native_bf16())
         self._llm = None
         self._row_of: dict[str, int] = {}  # steering-token name -> spare-row index
         self._row_vector: dict[int, torch.Tensor] = {}  # what each written row holds
