@@ -57,8 +57,8 @@ def test_prompts_render_through_gemmas_template_and_generate(gemma_hf):
 
 
 @pytest.mark.vllm
-def test_hf_and_vllm_steer_gemma_identically(gemma_hf, vllm_engines, tmp_path):
-    from steer_eval.backends.vllm import VLLMBackend
+def test_hf_and_vllm_steer_gemma_identically(gemma_hf, tmp_path):
+    from engines_in_one_process import generate_in_one_process
     generator = torch.Generator().manual_seed(0)
     scale = gemma_hf.embeddings.rows(torch.arange(1000)).float().std()
     store = TokenStore(tmp_path / "tokens")
@@ -66,14 +66,12 @@ def test_hf_and_vllm_steer_gemma_identically(gemma_hf, vllm_engines, tmp_path):
         store.save(SteeringToken(name, torch.randn(640, generator=generator) * scale, (name,), gemma_hf.identity))
     gemma_hf.store = store
     gemma_hf._vectors.clear()
-    prompts = [gemma_hf.assemble(PROMPT, ["german"]), gemma_hf.assemble(PROMPT, ["german", "uppercase"]),
-               gemma_hf.assemble(PROMPT, ["german"], control_method="text")]
-    config = GenerationConfig(max_new_tokens=12)
-    engine = vllm_engines.activate("gemma3-270m", lambda: VLLMBackend(
-        "gemma3-270m", tokens_dir=store.directory, max_model_len=512, dtype="float32",
-        kv_cache_memory_bytes=512 * 1024 ** 2, enforce_eager=True, distributed_executor_backend="uni"))
-    try:
-        assert engine.embeddings.scale == gemma_hf.embeddings.scale
-        assert engine.generate(prompts, config, progress=False) == gemma_hf.generate(prompts, config, progress=False)
-    finally:
-        engine.shutdown()
+    requests = [(PROMPT, ["german"], "steering"), (PROMPT, ["german", "uppercase"], "steering"),
+                (PROMPT, ["german"], "text")]
+    [engine] = generate_in_one_process([{
+        "model": "gemma3-270m", "tokens_dir": str(store.directory), "prompts": requests, "max_new_tokens": 12,
+        "engine": {"max_model_len": 512, "dtype": "float32", "kv_cache_memory_bytes": 512 * 1024 ** 2}}])
+    prompts = [gemma_hf.assemble(prompt, behaviors, control_method=method) for prompt, behaviors, method in requests]
+    assert engine["scale"] == gemma_hf.embeddings.scale
+    assert engine["input_ids"] == [list(prompt.input_ids) for prompt in prompts]
+    assert engine["outputs"] == gemma_hf.generate(prompts, GenerationConfig(max_new_tokens=12), progress=False)

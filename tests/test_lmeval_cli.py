@@ -289,12 +289,18 @@ def test_default_model_steering_vllm_on_compose_tasks(vllm_default):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("model", ["steering_hf", pytest.param("steering_vllm", marks=pytest.mark.vllm)])
-def test_the_command_users_type_runs_from_any_directory_on_the_defaults(model, tmp_path):
-    """`lm_eval --model steering_vllm --tasks compose_2,compose_3`: no model_args, no include_path, another cwd."""
+def test_the_command_users_type_runs_from_any_directory_on_the_defaults(model, lm_eval_main, tmp_path):
+    """`lm_eval --model steering_vllm --tasks compose_2,compose_3`: no model_args, no include_path, another cwd.
+    The vLLM one runs as the installed console script in a fresh process (what only a process shows: the script
+    and the hook that its interpreter start loads); the HF one is lm-eval's main on the same argv in this one."""
     # --limit 6: every subtask gets complete order sets (k = 3 has 6 orders), so order variance is defined.
     # --batch_size 8: lm-eval's default of 1 made this 24 unbatched generate calls (111 of 146 s, profiled).
-    console("lm_eval", "--model", model, "--tasks", "compose_2,compose_3", "--limit", "6", "--batch_size", "8",
-            "--gen_kwargs", "max_gen_toks=32", "--output_path", str(tmp_path / "out"), "--log_samples", cwd=tmp_path)
+    args = ["--model", model, "--tasks", "compose_2,compose_3", "--limit", "6", "--batch_size", "8",
+            "--gen_kwargs", "max_gen_toks=32", "--output_path", str(tmp_path / "out"), "--log_samples"]
+    if model == "steering_vllm":
+        console("lm_eval", *args, cwd=tmp_path)
+    else:
+        lm_eval_main(tmp_path, *args)
     results, samples = results_of(tmp_path / "out")
     assert results["config"]["steer_eval"]["model"] == "smollm2-135m"
     assert results["config"]["steer_eval"]["tokens_dir"].endswith("SmolLM2-135M-Instruct/steering_tokens")

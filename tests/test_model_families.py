@@ -114,25 +114,34 @@ def test_a_module_that_is_no_scaled_lookup_is_refused():
         measure_scale(Positional(32, 8), "odd")
 
 
+VLLM_PROMPTS = [(PROMPT, ["german"], "steering"), (PROMPT, ["german", "uppercase"], "steering"),
+                ("Name a fruit.", [], "text")]
+
+
+@pytest.fixture(scope="module")
+def vllm_family_runs(family_dirs, family_backends, tmp_path_factory):
+    """family -> (its HF backend reading the tokens the engine got, what the vLLM engine made), every engine in one
+    process (engines_in_one_process.py)."""
+    from engines_in_one_process import generate_in_one_process
+    jobs = []
+    for family, folder in family_dirs.items():
+        hf = family_backends[family]
+        hf.store = _steering_tokens(hf, tmp_path_factory.mktemp(f"tokens-{family}"))
+        hf._vectors.clear()
+        jobs.append({"model": str(folder), "tokens_dir": str(hf.store.directory), "prompts": VLLM_PROMPTS,
+                     "max_new_tokens": 8, "engine": {"max_model_len": 256, "dtype": "float32",
+                                                     "kv_cache_memory_bytes": 256 * 1024 ** 2}})
+    return dict(zip(family_dirs, generate_in_one_process(jobs)))
+
+
 @pytest.mark.vllm
 @pytest.mark.parametrize("family", FAMILIES)
-def test_hf_and_vllm_steer_identically(family, family_dirs, family_backends, vllm_engines, tmp_path):
-    from steer_eval.backends.vllm import VLLMBackend
-    hf = family_backends[family]
-    store = _steering_tokens(hf, tmp_path / "tokens")
-    hf.store = store
-    hf._vectors.clear()
-    engine = vllm_engines.activate(f"family-{family}", lambda: VLLMBackend(
-        str(family_dirs[family]), tokens_dir=store.directory, max_model_len=256, dtype="float32",
-        kv_cache_memory_bytes=256 * 1024 ** 2, enforce_eager=True, distributed_executor_backend="uni"))
-    try:
-        assert engine.embeddings.scale == hf.embeddings.scale
-        prompts = [assemble(PROMPT, ["german"], hf.tokenizer), assemble(PROMPT, ["german", "uppercase"], hf.tokenizer),
-                   assemble("Name a fruit.", [], hf.tokenizer, control_method="text")]
-        config = GenerationConfig(max_new_tokens=8)
-        assert engine.generate(prompts, config, progress=False) == hf.generate(prompts, config, progress=False)
-    finally:
-        engine.shutdown()
+def test_hf_and_vllm_steer_identically(family, family_backends, vllm_family_runs):
+    hf, engine = family_backends[family], vllm_family_runs[family]
+    assert engine["scale"] == hf.embeddings.scale
+    prompts = [hf.assemble(prompt, behaviors, control_method=method) for prompt, behaviors, method in VLLM_PROMPTS]
+    assert engine["input_ids"] == [list(prompt.input_ids) for prompt in prompts]
+    assert engine["outputs"] == hf.generate(prompts, GenerationConfig(max_new_tokens=8), progress=False)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])

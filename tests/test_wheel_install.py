@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 LM_EVAL_PROBE = """
 import json, sys
 from lm_eval.tasks import TaskManager
-names = sorted(TaskManager().all_tasks)
+manager = TaskManager()  # one index: each parses lm-eval's ~12,000 task files
+names = sorted(manager.all_tasks)
 try:
-    TaskManager().load_task_or_group(["no_such_task_anywhere"])
+    manager.load_task_or_group(["no_such_task_anywhere"])
     error = None
 except Exception as exc:
     error = [type(exc).__module__, type(exc).__qualname__, str(exc)]
