@@ -31,7 +31,8 @@ def crosscheck():
 
 @pytest.mark.slow
 def test_agreement_with_ifeval_stays_above_floors(crosscheck):
-    summary, disagreements = crosscheck.run(rev=None, workers=2)
+    labels = crosscheck.load_langdetect_labels()  # IFEval's langdetect answers for these texts, written earlier
+    summary, disagreements = crosscheck.run(rev=None, workers=2, known_labels=labels)
     assert summary["records"] == 13440
     low = {family: summary["families"][family]["agree_pct"] for family, floor in AGREEMENT_FLOORS.items()
            if summary["families"][family]["agree_pct"] < floor}
@@ -92,3 +93,20 @@ def test_every_rule_states_a_class_and_reason(crosscheck):
     assert crosscheck.classify("json", '"just a string"', None, False, True, ours)[0] == "deliberate"
     assert crosscheck.classify("sentences_1", "- apples\n- pears", None, False, True, ours)[0] == "boundary"
     assert crosscheck.classify("words_10_50", "one two", None, True, False, ours)[0] == "ours_suspect"
+
+
+def test_the_stored_langdetect_labels_are_what_langdetect_says(crosscheck):
+    """A fresh random sample of the shipped responses (1 in 40), detected again: a changed langdetect or changed
+    records show here (rewrite with `python benchmarks/ifeval_crosscheck.py --write-langdetect-labels`)."""
+    import random
+
+    import langdetect
+    langdetect.DetectorFactory.seed = 0
+    labels = crosscheck.load_langdetect_labels()
+    texts = sorted({record["response"] for _, record in crosscheck.read_records(crosscheck.RECORDS)})
+    assert {crosscheck.text_key(text) for text in texts} == set(labels)
+    seed = random.randrange(1 << 30)
+    sample = random.Random(seed).sample(texts, len(texts) // 40)
+    wrong = [text[:80] for text in sample if crosscheck.detect_or_none(text) != labels[crosscheck.text_key(text)]]
+    assert not wrong, f"seed {seed}: langdetect now says otherwise of {len(wrong)} texts, e.g. {wrong[:3]}"
+

@@ -16,19 +16,35 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
+# lm-eval's own arithmetic_1dc task as lm-eval defines it (its YAML, process_docs and metric), its data from a local
+# file of the same schema instead of the hub; lm-eval's own `hf` model on the default model's folder.
 LM_EVAL_PROBE = """
-import json, sys
+import json, pathlib, sys, traceback
+import lm_eval
+from lm_eval import simple_evaluate
 from lm_eval.tasks import TaskManager
+from lm_eval.tasks._yaml_loader import load_yaml
+data, model = sys.argv[1:]
 manager = TaskManager()  # one index: each parses lm-eval's ~12,000 task files
 names = sorted(manager.all_tasks)
 try:
     manager.load_task_or_group(["no_such_task_anywhere"])
     error = None
 except Exception as exc:
-    error = [type(exc).__module__, type(exc).__qualname__, str(exc)]
-print(json.dumps({"names": names, "error": error, "hook": any("steer_eval" in type(f).__module__
-                                                              for f in sys.meta_path)}))
+    error = [type(exc).__module__, type(exc).__qualname__, str(exc),
+             [(pathlib.Path(frame.filename).name, frame.name, frame.line)
+              for frame in traceback.extract_tb(exc.__traceback__)]]
+task = load_yaml(pathlib.Path(lm_eval.tasks.__file__).parent / "arithmetic" / "arithmetic_1dc.yaml", resolve_func=True)
+task["dataset_kwargs"] = {"data_files": {"validation": data}}
+output = simple_evaluate(model="hf", model_args=f"pretrained={model},dtype=float32", device="cpu", tasks=[task],
+                         task_manager=manager, log_samples=True, random_seed=0, bootstrap_iters=0)
+evaluation = {"results": output["results"], "samples": [[s["arguments"], s["resps"], s["acc"]]
+                                                        for s in output["samples"]["arithmetic_1dc"]]}
+print(json.dumps({"names": names, "error": error, "evaluation": evaluation,
+                  "hook": any("steer_eval" in type(f).__module__ for f in sys.meta_path)}))
 """
+ARITHMETIC = [{"context": f"Q: What is ({a} + {b}) * {c}?\n\nA:", "completion": f" {(a + b) * c}"}
+              for a, b, c in [(1, 2, 3), (4, 1, 2), (3, 3, 1), (2, 5, 2), (9, 0, 1)]]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +81,10 @@ def _run(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_the_installed_wheel_runs_the_card_commands_on_the_defaults(wheel, venv, tmp_path, default_model_dir):
-    before = _run(venv, "-c", LM_EVAL_PROBE, cwd=tmp_path)
+    data = tmp_path / "arithmetic.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in ARITHMETIC))
+    probe = ("-c", LM_EVAL_PROBE, str(data), str(default_model_dir))
+    before = _run(venv, *probe, cwd=tmp_path)
     assert before.returncode == 0, before.stderr[-2000:]
     assert _run(venv, "-c", "import steer_eval", cwd=tmp_path).returncode != 0  # the editable install is hidden
     installed = _run(venv, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel), cwd=tmp_path)
@@ -74,14 +93,18 @@ def test_the_installed_wheel_runs_the_card_commands_on_the_defaults(wheel, venv,
                  cwd=tmp_path)
     assert where.stdout.strip().startswith(str(venv.resolve())), where.stdout
 
-    # The hook changes nothing of lm-eval's own: its task names, and the exception it raises, are the same.
-    after = _run(venv, "-c", LM_EVAL_PROBE, cwd=tmp_path)
+    # The hook changes nothing of lm-eval's own: its task names, the exception it raises with its traceback's
+    # frames, and an evaluation of its own task (every sample's log-likelihoods) are the same.
+    after = _run(venv, *probe, cwd=tmp_path)
     assert after.returncode == 0, after.stderr[-2000:]
-    old, new = json.loads(before.stdout), json.loads(after.stdout)
+    old, new = json.loads(before.stdout.splitlines()[-1]), json.loads(after.stdout.splitlines()[-1])
     added = set(new["names"]) - set(old["names"])
     assert set(old["names"]) <= set(new["names"]) and added and all(
         name.startswith(("compose_", "steer_")) for name in added)
     assert new["error"] == old["error"] and new["hook"] and not old["hook"]
+    assert len(old["evaluation"]["samples"]) == len(ARITHMETIC) and "acc,none" in old["evaluation"]["results"][
+        "arithmetic_1dc"]
+    assert new["evaluation"] == old["evaluation"]
 
     generated = _run(venv, str(venv / "bin" / "steer-eval"), "generate", "--steering", "german",
                      "--prompt", "Name three colours.", "--max-new-tokens", "24", cwd=tmp_path)
