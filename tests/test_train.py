@@ -1,5 +1,7 @@
 """The trainer's mechanics on the tiny random Llama: loss, what changes, <and>, resume, two-process data parallel."""
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
@@ -40,17 +42,29 @@ def _argv(config: TrainConfig) -> list[str]:
 
 
 def _train(config_or_argv) -> dict:
-    """trainers/train.py run as a user runs it; its summary.json."""
+    """trainers/train.py's main(argv) as a user's command runs it, in this process; its summary.json. The script's own
+    process: test_missing_data_is_a_clear_error, the kill -9 and torchrun tests."""
+    from trainers.train import main
     argv = _argv(config_or_argv) if isinstance(config_or_argv, TrainConfig) else config_or_argv
-    result = subprocess.run([sys.executable, str(TRAIN), *argv], capture_output=True, text=True, env=CPU, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    with contextlib.redirect_stdout(io.StringIO()):
+        main(argv)
     out_dir = argv[argv.index("--out_dir") + 1]
     return json.loads((Path(out_dir) / "summary.json").read_text()) if (Path(out_dir) / "summary.json").exists() else {}
 
 
-def _refused(argv) -> str:
-    """What trainers/train.py says when it refuses `argv`: exit status 2, one line on stderr (no traceback)."""
-    result = subprocess.run([sys.executable, str(TRAIN), *argv], capture_output=True, text=True, env=CPU, timeout=300)
+def _refused(argv, in_process=True) -> str:
+    """What trainers/train.py says when it refuses `argv`: exit status 2, one line on stderr (no traceback), nothing
+    on stdout; `in_process=False` runs the script in its own process."""
+    if in_process:
+        from trainers.train import main
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
+                pytest.raises(SystemExit) as stop:
+            main(argv)
+        result = subprocess.CompletedProcess(argv, stop.value.code, stdout.getvalue(), stderr.getvalue())
+    else:
+        result = subprocess.run([sys.executable, str(TRAIN), *argv], capture_output=True, text=True, env=CPU,
+                                timeout=300)
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1 and not result.stdout, result.stderr
     return result.stderr
 
@@ -288,7 +302,7 @@ def test_bad_data_files_are_one_clear_line(tmp_path, content, message):
 
 
 def test_missing_data_is_a_clear_error():
-    error = _refused(["--stage", "behaviour"])
+    error = _refused(["--stage", "behaviour"], in_process=False)
     assert error == "steer-eval: error: --data is required: JSON files from trainers/build_data.py\n"
 
 
