@@ -14,8 +14,7 @@ docs/**/*.md is checked against the code, without being run:
 
 A `# needs: gpu` or `# needs: cluster` comment line may mark the command below it as one that needs that hardware;
 marked commands get the same static checks. The `steer-eval` commands of README and docs that need no vLLM engine are
-also run (an output shown under one must be its output); the card's lm_eval command runs in test_lmeval_cli.py and
-scripts/main_job.sh on the same defaults.
+also run (an output shown under one must be its output); every `lm_eval` command is run by tests/test_docs_lm_eval.py.
 """
 from __future__ import annotations
 
