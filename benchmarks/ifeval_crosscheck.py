@@ -99,10 +99,11 @@ def load_langdetect_labels(path: Path = LANGDETECT_LABELS) -> dict[str, str | No
         return json.load(file)["labels"]
 
 
-def detect_or_none(text: str) -> str | None:
+def detect_or_none(text: str, detect=None) -> str | None:
+    """langdetect's label of `text` (live unless `detect` says otherwise), None where it cannot tell."""
     import langdetect
     try:
-        return langdetect.detect(text)
+        return (detect or langdetect.detect)(text)
     except langdetect.LangDetectException:
         return None
 
@@ -216,11 +217,7 @@ def judge(key):
 
 # ---------------------------------------------------------------- classification rules
 def _label(text):
-    import langdetect
-    try:
-        return cached_detect(text)
-    except langdetect.LangDetectException:
-        return None
+    return detect_or_none(text, cached_detect)
 
 
 def detection_failure(b, text, lang, mine, theirs, ours):
@@ -411,6 +408,7 @@ def run(rev=None, workers=2, limit=None, records_path=RECORDS, known_labels: dic
     started = time.perf_counter()
     _KNOWN_LABELS.clear()
     _KNOWN_LABELS.update(known_labels or {})  # before the pool forks
+    cached_detect.cache_clear()  # answers of an earlier run with other labels
     records = list(read_records(records_path))[:limit]
     keys = sorted({(r["response"], record_language(r)) for _, r in records}, key=lambda k: (k[0], k[1] or ""))
     if workers > 1:

@@ -30,6 +30,16 @@ def generate_in_one_process(jobs: list[dict], timeout: float = 900) -> list[dict
         return json.loads(results_file.read_text())
 
 
+def assert_same_as_hf(engine_result: dict, hf, requests: list, max_new_tokens: int) -> None:
+    """The engine's embedding scale, assembled token ids and greedy texts equal the HF backend's for `requests`."""
+    from steer_eval.backends.generation import GenerationConfig
+    prompts = [hf.assemble(prompt, behaviors, control_method=method) for prompt, behaviors, method in requests]
+    assert engine_result["scale"] == hf.embeddings.scale
+    assert engine_result["input_ids"] == [list(prompt.input_ids) for prompt in prompts]
+    assert engine_result["outputs"] == hf.generate(prompts, GenerationConfig(max_new_tokens=max_new_tokens),
+                                                   progress=False)
+
+
 def _run(job: dict) -> dict:
     from steer_eval.backends.generation import GenerationConfig
     from steer_eval.backends.vllm import VLLMBackend

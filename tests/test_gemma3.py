@@ -58,7 +58,7 @@ def test_prompts_render_through_gemmas_template_and_generate(gemma_hf):
 
 @pytest.mark.vllm
 def test_hf_and_vllm_steer_gemma_identically(gemma_hf, tmp_path):
-    from engines_in_one_process import generate_in_one_process
+    from engines_in_one_process import assert_same_as_hf, generate_in_one_process
     generator = torch.Generator().manual_seed(0)
     scale = gemma_hf.embeddings.rows(torch.arange(1000)).float().std()
     store = TokenStore(tmp_path / "tokens")
@@ -71,7 +71,4 @@ def test_hf_and_vllm_steer_gemma_identically(gemma_hf, tmp_path):
     [engine] = generate_in_one_process([{
         "model": "gemma3-270m", "tokens_dir": str(store.directory), "prompts": requests, "max_new_tokens": 12,
         "engine": {"max_model_len": 512, "dtype": "float32", "kv_cache_memory_bytes": 512 * 1024 ** 2}}])
-    prompts = [gemma_hf.assemble(prompt, behaviors, control_method=method) for prompt, behaviors, method in requests]
-    assert engine["scale"] == gemma_hf.embeddings.scale
-    assert engine["input_ids"] == [list(prompt.input_ids) for prompt in prompts]
-    assert engine["outputs"] == gemma_hf.generate(prompts, GenerationConfig(max_new_tokens=12), progress=False)
+    assert_same_as_hf(engine, gemma_hf, requests, max_new_tokens=12)

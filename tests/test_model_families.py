@@ -11,7 +11,6 @@ from steer_eval.steering.assembly import assemble, embed
 from steer_eval.backends.hf import HFBackend
 from steer_eval.training.distillation import distillation_step
 from steer_eval.steering.embedding_space import UnsupportedModelError, measure_scale
-from steer_eval.backends.generation import GenerationConfig
 from steer_eval.steering.tokens import SteeringToken, TokenStore
 
 SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
@@ -137,11 +136,8 @@ def vllm_family_runs(family_dirs, family_backends, tmp_path_factory):
 @pytest.mark.vllm
 @pytest.mark.parametrize("family", FAMILIES)
 def test_hf_and_vllm_steer_identically(family, family_backends, vllm_family_runs):
-    hf, engine = family_backends[family], vllm_family_runs[family]
-    assert engine["scale"] == hf.embeddings.scale
-    prompts = [hf.assemble(prompt, behaviors, control_method=method) for prompt, behaviors, method in VLLM_PROMPTS]
-    assert engine["input_ids"] == [list(prompt.input_ids) for prompt in prompts]
-    assert engine["outputs"] == hf.generate(prompts, GenerationConfig(max_new_tokens=8), progress=False)
+    from engines_in_one_process import assert_same_as_hf
+    assert_same_as_hf(vllm_family_runs[family], family_backends[family], VLLM_PROMPTS, max_new_tokens=8)
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])

@@ -1,7 +1,5 @@
 """The trainer's mechanics on the tiny random Llama: loss, what changes, <and>, resume, two-process data parallel."""
-import contextlib
 import dataclasses
-import io
 import json
 import math
 import os
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from trainer_in_process import train
 
 from steer_eval.errors import UserError
 from steer_eval.training.examples import initial_vectors, make_examples, orthogonality_penalty, semantic_init
@@ -44,10 +43,9 @@ def _argv(config: TrainConfig) -> list[str]:
 def _train(config_or_argv) -> dict:
     """trainers/train.py's main(argv) as a user's command runs it, in this process; its summary.json. The script's own
     process: test_missing_data_is_a_clear_error, the kill -9 and torchrun tests."""
-    from trainers.train import main
     argv = _argv(config_or_argv) if isinstance(config_or_argv, TrainConfig) else config_or_argv
-    with contextlib.redirect_stdout(io.StringIO()):
-        main(argv)
+    result = train(*argv)
+    assert result.returncode == 0, result.stderr[-3000:]
     out_dir = argv[argv.index("--out_dir") + 1]
     return json.loads((Path(out_dir) / "summary.json").read_text()) if (Path(out_dir) / "summary.json").exists() else {}
 
@@ -56,12 +54,7 @@ def _refused(argv, in_process=True) -> str:
     """What trainers/train.py says when it refuses `argv`: exit status 2, one line on stderr (no traceback), nothing
     on stdout; `in_process=False` runs the script in its own process."""
     if in_process:
-        from trainers.train import main
-        stdout, stderr = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \
-                pytest.raises(SystemExit) as stop:
-            main(argv)
-        result = subprocess.CompletedProcess(argv, stop.value.code, stdout.getvalue(), stderr.getvalue())
+        result = train(*argv)
     else:
         result = subprocess.run([sys.executable, str(TRAIN), *argv], capture_output=True, text=True, env=CPU,
                                 timeout=300)

@@ -1,7 +1,5 @@
 """trainers/train.py's inputs and out_dir, as a hostile user meets them: every bad file is one line (exit 2) before any
 model loads; an out_dir is one run (run.json), never silently replaced or mixed with another; the log is append-only."""
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -10,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from trainer_in_process import train
 
 from steer_eval.errors import UserError
 from steer_eval.training.trainer_setup import prepare_run, resumed_config
@@ -73,11 +72,9 @@ def _refused(argv) -> str:
 def _main(argv) -> subprocess.CompletedProcess:
     """trainers/train.py's main(argv) as a user's command runs it, in this process (the script's own process, its exit
     status 2 and kill -9 between checkpoints: tests/test_train.py)."""
-    from trainers.train import main
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        main(argv)
-    return subprocess.CompletedProcess(["trainers/train.py", *argv], 0, stdout.getvalue(), "")
+    result = train(*argv)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def _killed_before_first_checkpoint(argv):
