@@ -15,7 +15,8 @@ are all that run), and scaling over Ray actors with a fixed per-evaluation delay
    peak RSS of each, and the summary's bytes per record: analyze's peak RSS less that of analyze on a one-prompt
    grid (the interpreter and its imports), over the records.
 `--sizes`, `--grid-sizes` with no value and `--scaling-evaluations 0` leave a part out.
-Writes results/bench/grid_scale_<date>.json with the machine and the command, and results/bench/grid_scale.md.
+Writes results/bench/grid_scale_<date>.json with the machine and the command, and results/bench/grid_scale.md
+(with `--out FILE`: FILE and the table beside it, FILE with the suffix .md).
 """
 from __future__ import annotations
 
@@ -150,7 +151,7 @@ def _markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="*", type=int, default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--grid-sizes", nargs="*", type=int, default=[1_000_000, 10_000_000],
@@ -163,12 +164,13 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     parser.add_argument("--chunk-size", type=int, default=1024, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         child(args)
         return
 
-    results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": {
+    command = ["python", "benchmarks/grid_scale.py", *(sys.argv[1:] if argv is None else argv)]
+    results = {"command": " ".join(command), "machine": {
         "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "date": datetime.date.today().isoformat(), "bookkeeping": [], "scaling": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,8 +200,9 @@ def main() -> None:
     results["scaling"]["delay_seconds"] = args.delay
     out = Path(args.out or ROOT / "results" / "bench" / f"grid_scale_{results['date']}.json")
     out.write_text(json.dumps(results, indent=2) + "\n")
-    (ROOT / "results" / "bench" / "grid_scale.md").write_text(_markdown(results))
-    print(f"written to {out} and results/bench/grid_scale.md")
+    table = ROOT / "results" / "bench" / "grid_scale.md" if args.out is None else out.with_suffix(".md")
+    table.write_text(_markdown(results))
+    print(f"written to {out} and {table}")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ docs/**/*.md is checked against the code, without being run:
   `--flag` must be one its parser defines (read from the script's source, or the parser it hands over to);
 - `bash scripts|trainers/X.sh` must name a file that exists.
 
-A `# needs: gpu` or `# needs: cluster` comment line may mark the command below it as one that needs that hardware;
-marked commands get the same static checks. The `steer-eval` commands of README and docs that need no vLLM engine are
-also run (an output shown under one must be its output); every `lm_eval` command is run by tests/test_docs_lm_eval.py.
+A `# needs: gpu|cluster|network|quiet machine` comment line marks the command below it as one that needs what this
+machine lacks (a GPU, several nodes, downloads into the environment, or, for a benchmark, minutes of a machine doing
+nothing else); as a block's first line, with the words "whole block", it marks every command of the block (a later
+mark still wins for its own command). Marked commands get the same static checks. The `steer-eval` commands that need no vLLM engine are run
+here (an output shown under one must be its output); every `lm_eval` command is run by tests/test_docs_lm_eval.py,
+and the rest in their pages' order by tests/test_docs_pages.py, which also checks that nothing is left over.
 """
 from __future__ import annotations
 
@@ -44,7 +47,7 @@ LM_EVAL_MODELS = {"steering_hf", "steering_vllm", "hf", "vllm", "steered"}
 SCRIPT_FOLDERS = ("trainers", "benchmarks", "scripts")
 # Scripts whose flags are defined elsewhere: trainers/train.py builds its parser from TrainConfig's fields.
 TRAIN_CONFIG = ROOT / "steer_eval" / "training" / "trainer_setup.py"
-NEEDS = re.compile(r"^#\s*needs:\s*(gpu|cluster)\b")
+NEEDS = re.compile(r"^#\s*needs:\s*(gpu|cluster|network|quiet machine)\b")
 
 
 @dataclass(frozen=True)
@@ -60,16 +63,16 @@ def markdown_files() -> list[Path]:
 
 def shell_commands(markdown: str, source: str) -> list[Command]:
     """The commands of every shell block: continuation lines joined, comment-only lines dropped."""
-    commands, fence, pending, start, needs = [], None, [], 0, None
+    commands, fence, pending, start, needs, block_needs = [], None, [], 0, None, None
     for number, line in enumerate(markdown.splitlines(), 1):
         stripped = line.strip()
         if fence is None:
             match = re.match(r"^(`{3,}|~{3,})\s*([\w+-]*)", stripped)
             if match:
-                fence = (match.group(1), match.group(2).lower())
+                fence, block_start = (match.group(1), match.group(2).lower()), number
             continue
         if stripped.startswith(fence[0]) and stripped.strip(fence[0][0]) == "":
-            fence, pending, needs = None, [], None
+            fence, pending, needs, block_needs = None, [], None, None
             continue
         if fence[1] not in SHELL_FENCES:
             continue
@@ -83,13 +86,15 @@ def shell_commands(markdown: str, source: str) -> list[Command]:
             if stripped.startswith("#"):
                 marked = NEEDS.match(stripped)
                 needs = marked.group(1) if marked else needs
+                if marked and number == block_start + 1 and "whole block" in stripped:
+                    block_needs = needs
                 continue
             start = number
         if stripped.endswith("\\"):
             pending.append(stripped[:-1])
             continue
         pending.append(stripped)
-        commands.append(Command(f"{source}:{start}", " ".join(pending), needs))
+        commands.append(Command(f"{source}:{start}", " ".join(pending), needs or block_needs))
         pending, needs = [], None
     return commands
 
@@ -306,9 +311,12 @@ def test_the_checker_reads_blocks_as_a_shell_would():
         "```bash", "# needs: gpu", "steer-eval grid --backend vllm \\", "    --no-such-flag --output-dir x", "```",
         "```text", "steer-eval grid --no-such-flag", "```",
         "```console", "$ steer-eval behaviors --json", "german language unseen respond in German", "```",
+        "```sh", "# needs: cluster (the whole block)", "ray start --head", "# needs: network", "pip install x", "ray status", "```",
     ])
     commands = shell_commands(markdown, "example.md")
-    assert [(c.source, c.needs) for c in commands] == [("example.md:3", "gpu"), ("example.md:10", None)]
+    assert [(c.source, c.needs) for c in commands] == [
+        ("example.md:3", "gpu"), ("example.md:10", None),
+        ("example.md:15", "cluster"), ("example.md:17", "network"), ("example.md:18", "cluster")]
     assert command_error(commands[0].text) is not None and command_error(commands[1].text) is None
 
 

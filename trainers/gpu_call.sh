@@ -35,8 +35,11 @@ print("embedding fingerprint", got, "expected", sys.argv[1])
 sys.exit(0 if got == sys.argv[1] else 1)
 EOF
 fi
-if [ -d .gpu/state ] && [ ! -d "$W/data" ]; then  # a fresh machine continues from what an earlier one made
+# A fresh machine continues from what an earlier one made; a warm one keeps its newer files (restoring again would
+# put an older checkpoint back over them).
+if [ -d .gpu/state ] && [ ! -f "$W/.restored" ]; then
   for f in .gpu/state/*.tgz; do tar xzf "$f" -C "$W"; done
+  touch "$W/.restored"
   [ -f "$W/done.data_pairs" ] && mv "$W/done.data_pairs" "$W/done.data_pairs_s1"
 fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
