@@ -12,6 +12,7 @@ FILES = [
     "results/bench/sentence_split.md",
     "results/bench/sentence_split_heldout.md",
     "results/token_eval/README.md",
+    "results/token_eval/data_4k/README.md",
     "results/baselines/README.md",
     "results/ifeval_crosscheck/table.md",
     "results/compare/README.md",

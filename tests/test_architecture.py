@@ -8,7 +8,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "steer_eval"
 # Bottom to top: a module may import its own layer and the ones before it, never one after it.
-LAYERS = ["errors", "scoring", "steering", "backends", "runs", "judges", "report", "training", "lmeval", "cli"]
+LAYERS = ["errors", "scoring", "steering", "backends", "runs", "judges", "report", "training", "lmeval", "serving",
+          "cli"]
 SAME_LAYER = {"__init__": "errors", "log": "errors", "compat": "errors", "data": "scoring", "tasks": "lmeval"}
 NEVER = [("report", "backends", "reading records needs no model"),
          ("judges", "report", "a judge adds scores; tables are the report's"),

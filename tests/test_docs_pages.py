@@ -30,6 +30,7 @@ pytestmark = pytest.mark.e2e
 RUN_ELSEWHERE = {
     "bash scripts/test.sh": ".ci/run (CI runs the README's second command)",
     "mkdocs build --strict": "test_docs.test_the_site_builds_strictly",
+    "steer-eval serve": "test_serve's server fixture (the same command, on a free port, with a key)",
 }
 # What a `# needs: X` mark may stand in front of.
 MARK_FITS = {
@@ -38,6 +39,8 @@ MARK_FITS = {
     "cluster": lambda text: any(word in text for word in ("HEAD_IP", "RAY_AUTH", "ray start")),
     "quiet machine": lambda text: text.startswith("python benchmarks/"),
 }
+# Pages whose commands need a running server: tests/test_serve.py runs them against the one it starts.
+PAGES_RUN_ELSEWHERE = {"docs/serving.md": "test_serve.test_the_serving_page_runs_against_the_server"}
 MAIN_JOB = ROOT / "scripts" / "main_job.sh"
 # Lines of scripts/main_job.sh that are not a documented command: the set-up CI has done before the suite starts,
 # and the shell's own bookkeeping.
@@ -49,11 +52,12 @@ CAPS = {
     ("steer-eval", "infer"): {"--limit": "2", "--max-new-tokens": "8"},
     ("python", "scripts/run_ordering_experiments.py"): {"--num_samples": "1", "--max-new-tokens": "8",
                                                         "--max-combinations": "1"},
-    ("python", "trainers/build_data.py"): {"--limit": "3", "--max_new_tokens": "32"},
+    ("python", "trainers/build_data.py"): {"--limit": "2", "--max_new_tokens": "24"},
     ("python", "trainers/train.py"): {"--epochs": "1", "--batch_size": "2", "--max_response_tokens": "32"},
     ("python", "trainers/evaluate_tokens.py", "generate"): {"--n_single": "1", "--n_pair": "1",
                                                             "--max_new_tokens": "8"},
-    ("python", "benchmarks/grid_scale.py"): {"--sizes": "100", "--grid-sizes": "1000", "--scaling-evaluations": "0",
+    # --grid-sizes with no value leaves out its part (steer-eval grid in fresh processes, as test_runner_scale runs)
+    ("python", "benchmarks/grid_scale.py"): {"--sizes": "100", "--grid-sizes": None, "--scaling-evaluations": "0",
                                              "--out": "grid_scale.json"},
 }
 REPLACE_ONLY = {("steer-eval", "grid", "--max-combinations")}
@@ -76,7 +80,7 @@ def with_caps(args: list[str], interrupted: set[str] = frozenset()) -> list[str]
         if option in args:
             args[args.index(option) + 1] = value
         elif (*key, option) not in REPLACE_ONLY:
-            args += [option, value]
+            args += [option] if value is None else [option, value]
     return args
 
 
@@ -119,6 +123,8 @@ def how_it_runs(command: Command, earlier: dict[str, str]) -> str:
         return "test_docs cheap commands"
     if joined in RUN_ELSEWHERE:
         return RUN_ELSEWHERE[joined]
+    if command.source.split(":")[0] in PAGES_RUN_ELSEWHERE:
+        return PAGES_RUN_ELSEWHERE[command.source.split(":")[0]]
     if joined in earlier:
         return f"as {earlier[joined]}"
     return "page"

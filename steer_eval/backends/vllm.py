@@ -53,6 +53,17 @@ def cpu_engine_defaults(engine_kwargs: dict, native_bf16: bool) -> dict:
     return options
 
 
+def check_written_rows(worker_results: list[list], rows: torch.Tensor, dtype: torch.dtype) -> None:
+    """`steer_eval_write_rows`' answers from every worker must hold `rows` as the engine's dtype stores them."""
+    stored = rows.new_full(rows.shape, float("nan"))
+    for worker_rows in worker_results:
+        for i, row in enumerate(worker_rows):
+            if row is not None:  # each row lives on exactly one tensor-parallel worker
+                stored[i] = torch.tensor(row)
+    if not torch.equal(stored, rows.to(dtype).float()):
+        raise RuntimeError("steering rows read back from the vLLM engine differ from the vectors written")
+
+
 class SteeringRowsWorker:
     """Mixed into vLLM's worker (engine arg worker_extension_cls); reached through `LLM.collective_rpc`."""
 
@@ -174,13 +185,8 @@ class VLLMBackend(SteeringBackend):
         row_ids = [self.extended.row_id(row) for row in writes]
         # The engine scales every row it looks up as the model's embedding module does (Gemma: by sqrt(hidden)).
         stacked = torch.stack([self.embeddings.spare_row(vector) for vector in writes.values()])
-        stored = stacked.new_full(stacked.shape, float("nan"))
-        for worker_rows in self.llm.collective_rpc("steer_eval_write_rows", args=(row_ids, stacked.tolist())):
-            for i, row in enumerate(worker_rows):
-                if row is not None:  # each row lives on exactly one tensor-parallel worker
-                    stored[i] = torch.tensor(row)
-        if not torch.equal(stored, stacked.to(self.dtype).float()):
-            raise RuntimeError("steering rows read back from the vLLM engine differ from the vectors written")
+        check_written_rows(self.llm.collective_rpc("steer_eval_write_rows", args=(row_ids, stacked.tolist())),
+                           stacked, self.dtype)
         self._row_vector.update(writes)
         if stale and not self.llm.reset_prefix_cache():
             raise RuntimeError("could not reset vLLM's prefix cache after changing a steering row")

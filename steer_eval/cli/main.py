@@ -1,5 +1,5 @@
 """The `steer-eval` command line: behaviours, verify, models fetch, generate, infer, grid, analyze, score, judge,
-tokens, compare.
+tokens, compare, serve.
 
 The library never imports this module. Every problem a user can fix is a `UserError`: one line on stderr, exit 2.
 """
@@ -18,6 +18,7 @@ from steer_eval.steering.assembly import CONTROL_METHODS, MODES
 from steer_eval.runs.backend_spec import BACKENDS, DEFAULT_CHUNK_SIZE
 from steer_eval.backends.generation import DEFAULT_HF_BATCH_SIZE
 from steer_eval.cli import reports as cli_reports
+from steer_eval.cli.serve import add_serve_command, serve
 from steer_eval.scoring.behaviors import AND_TOKEN, BEHAVIORS
 from steer_eval.cli.types import non_negative, positive
 from steer_eval import __version__
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="judge every response again with this version's verifiers before summarising")
     cli_reports.add_inspection_commands(commands)
     cli_reports.add_judge_command(commands)
+    add_serve_command(commands)
     score = commands.add_parser("score", help="fluency of every response under the unsteered model (resumable)")
     score.add_argument("records", help="a records JSONL file, a folder of them (grid output) or a .tar.gz")
     score.add_argument("--model", default=None, help="the base model (default: the one the records name)")
@@ -208,7 +210,7 @@ def run(args) -> int:
         return 0
     commands = {"grid": _grid, "generate": _generate, "infer": _infer, "score": _score,
                 "analyze": cli_reports.analyze, "tokens": cli_reports.tokens, "compare": cli_reports.compare,
-                "judge": cli_reports.judge}
+                "judge": cli_reports.judge, "serve": serve}
     return commands[args.command](args)
 
 
