@@ -1,9 +1,9 @@
-"""`steer-eval serve`: its options, and the hand-over to steer_eval.serving (which runs vLLM's own server)."""
+"""`steer-eval serve`: its options, and the hand-over to steer_eval.serving (which runs vLLM's own server). Imports
+nothing heavy: every `steer-eval` command builds this parser."""
 from __future__ import annotations
 
 import argparse
 
-from steer_eval.backends.extended_vocab import DEFAULT_SPARE_ROWS
 from steer_eval.cli.types import positive
 from steer_eval.steering.embedded import DEFAULT_MODEL
 
@@ -35,8 +35,9 @@ def add_serve_command(commands) -> None:
     serve.add_argument("--steering-in-text", action="store_true",
                        help="let '<steer:NAME>' written in a message steer (default: refused with a 400, so "
                             "untrusted text cannot steer)")
-    serve.add_argument("--spare-rows", type=positive, default=DEFAULT_SPARE_ROWS,
-                       help="embedding rows for steering tokens (at least the store's token count)")
+    serve.add_argument("--spare-rows", type=positive, default=None,
+                       help="embedding rows for steering tokens (at least the store's token count; default: the "
+                            "vLLM backend's)")
     serve.add_argument("--max-model-len", type=positive, default=None,
                        help="context length (default: the vLLM backend's)")
     serve.add_argument("vllm_args", nargs="*", metavar="-- VLLM_OPTION", help="options for vLLM's server")

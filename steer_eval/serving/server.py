@@ -36,7 +36,7 @@ class ServeOptions:
     port: int = 8000
     api_keys: tuple[str, ...] = ()
     steering_in_text: bool = False
-    spare_rows: int = DEFAULT_SPARE_ROWS
+    spare_rows: int | None = None  # None: the vLLM backend's default
     max_model_len: int | None = None  # None: the vLLM backend's default
     vllm_args: tuple[str, ...] = ()
 
@@ -91,11 +91,10 @@ def serve(options: ServeOptions) -> None:
 
     check_supported("vllm", vllm.__version__)
     check_reserved(options.vllm_args)  # every check that needs no model folder comes first
-    served_token_names(TokenStore(options.tokens_dir or default_tokens_dir(model_label(options.model))),
-                       options.spare_rows)
+    spare_rows = options.spare_rows or DEFAULT_SPARE_ROWS
+    served_token_names(TokenStore(options.tokens_dir or default_tokens_dir(model_label(options.model))), spare_rows)
     context = {"max_model_len": options.max_model_len} if options.max_model_len else {}
-    backend = VLLMBackend(options.model, options.tokens_dir, spare_rows=options.spare_rows, engine_log="-",
-                          **context)
+    backend = VLLMBackend(options.model, options.tokens_dir, spare_rows=spare_rows, engine_log="-", **context)
     served = serve_steering(backend, options.steering_in_text)
     args = vllm_server_args(options, backend, served.folder)
     keys = tuple(key for key in (args.api_key or [envs.VLLM_API_KEY]) if key)
