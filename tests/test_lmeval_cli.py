@@ -204,7 +204,7 @@ def test_missing_tokens_are_one_line_naming_them(tiny_model_dir, lm_eval_main, t
 def test_console_scripts_run_steering_and_stock_models_on_the_same_tasks(tiny_model_dir, tiny_tokens_dir,
                                                                        lm_eval_main, tmp_path):
     """Both spellings of the command (`lm_eval ...`, `lm-eval run ...`), through lm-eval's CLI entry point in this
-    process; the installed scripts themselves run in the subprocess tests (user error, the command users type)."""
+    process; the installed scripts themselves run in subprocesses: the user error below, and test_wheel_install's."""
     common = ["--limit", "2", "--gen_kwargs", "max_gen_toks=8", "--log_samples"]
     steering_args = (f"pretrained={tiny_model_dir},tokens_dir={tiny_tokens_dir},control_method=hybrid,"
                      "mode=composition,batch_size=4")
@@ -285,26 +285,3 @@ def test_default_model_steering_vllm_on_compose_tasks(vllm_default):
                                                                         "compose_3_seen", "compose_3_unseen"])
     assert_groups_match_analysis(output, grouped, ["compose_2", "compose_3"])
     assert output["results"]["compose_3_seen"]["control_method,none"] == "text"
-
-
-@pytest.mark.e2e
-@pytest.mark.vllm
-def test_the_command_users_type_runs_from_any_directory_on_the_defaults(tmp_path):
-    """`lm_eval --model steering_vllm --tasks compose_2,compose_3`: no model_args, no include_path, another cwd, as
-    the installed console script in a fresh process (what only a process shows: the script, the hook that its
-    interpreter start loads, the engine's processes started from it). steering_hf on the defaults: the installed
-    wheel's test (a fresh environment) and test_default_model_steering_hf_on_compose_tasks."""
-    # --limit 6: every subtask gets complete order sets (k = 3 has 6 orders), so order variance is defined.
-    # --batch_size 8: lm-eval's default of 1 made this 24 unbatched generate calls (111 of 146 s, profiled).
-    args = ["--model", "steering_vllm", "--tasks", "compose_2,compose_3", "--limit", "6", "--batch_size", "8",
-            "--gen_kwargs", "max_gen_toks=16", "--output_path", str(tmp_path / "out"), "--log_samples"]
-    console("lm_eval", *args, cwd=tmp_path)
-    results, samples = results_of(tmp_path / "out")
-    assert results["config"]["steer_eval"]["model"] == "smollm2-135m"
-    assert results["config"]["steer_eval"]["tokens_dir"].endswith("SmolLM2-135M-Instruct/steering_tokens")
-    tasks = ["compose_2_seen", "compose_2_unseen", "compose_3_seen", "compose_3_unseen"]
-    grouped = assert_metrics_match_analysis(results, samples, tasks)
-    assert_groups_match_analysis(results, grouped, ["compose_2", "compose_3"])
-    for task in tasks:
-        assert results["results"][task]["control_method,none"] == "steering"
-        assert all(sample["steering_tokens"] for sample in samples[task])

@@ -134,19 +134,6 @@ def test_model_args_parse_and_win_over_lm_evals_defaults(tiny_model_dir, backend
         SteeringHFLM(backend=backend, control_method="loud")
 
 
-def test_data_parallel_ray_actors_give_the_single_process_answers(tiny_model_dir, backend):
-    docs = compose_documents(2, "unseen")[:6]
-    requests = [request(d["text_input"], d, {"max_gen_toks": 5}) for d in docs]
-    single = SteeringHFLM(backend=backend).generate_until(requests)
-    pooled = SteeringHFLM(pretrained=str(tiny_model_dir), tokens_dir=str(backend.store.directory),
-                          data_parallel_size=2, batch_size=4)
-    try:
-        assert pooled.generate_until(requests) == single
-        assert pooled.backend.name == "hf"
-    finally:
-        pooled.backend.shutdown()
-
-
 def test_missing_tokens_fail_before_any_generation(tiny_model_dir, tmp_path):
     from steer_eval.steering.tokens import TokenError
     empty = HFBackend(str(tiny_model_dir), tokens_dir=tmp_path, batch_size=4)

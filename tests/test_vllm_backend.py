@@ -61,7 +61,8 @@ def test_rows_equal_to_token_embeddings_reproduce_the_plain_prompt(vllm_default)
     assert len(set(steered)) > 1
 
 
-# Measured on this CPU with both backends in float32: 0 of 24 greedy outputs differ (48 new tokens each).
+# Measured on this CPU with both backends in float32: 0 of 24 greedy outputs differed (48 new tokens each); the test
+# runs 18 (40 new tokens) to keep the suite under 20 minutes.
 # Different matmul kernels can still flip a near-tie between two tokens, after which the texts part ways; allow
 # at most MAX_DIVERGENT such prompts, and only after a shared start, so a real mismatch still fails.
 MAX_DIVERGENT = 2
@@ -75,11 +76,11 @@ def test_hf_and_vllm_backends_agree_on_greedy_steering_outputs(vllm_default, def
                AND_TOKEN: torch.randn(default_hf.identity.hidden_size) * 0.02}
     for backend in (vllm_default, default_hf):
         backend.add_vectors(vectors)
-    prompts = [p.prompt for p in bundled_prompts("test")[:8]]
+    prompts = [p.prompt for p in bundled_prompts("test")[:6]]
     assembled = [default_hf.assemble(p, ["german"]) for p in prompts]
     assembled += [default_hf.assemble(p, ["german", "words_10_50"], mode="composition") for p in prompts]
     assembled += [default_hf.assemble(p, ["words_10_50"], control_method="hybrid") for p in prompts]
-    config = GenerationConfig(max_new_tokens=48)
+    config = GenerationConfig(max_new_tokens=40)
 
     hf = default_hf.generate(assembled, config, progress=False)
     vllm = vllm_default.generate(assembled, config, progress=False)
