@@ -21,7 +21,7 @@ from steer_eval.errors import UserError
 from steer_eval.scoring.behaviors import AND_TOKEN, BEHAVIORS
 from steer_eval.steering.model_store import home
 from steer_eval.steering.models import weights_fingerprint
-from steer_eval.steering.tokens import TokenStore, folder_name, load_vectors
+from steer_eval.steering.tokens import TokenStore, folder_name
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -71,11 +71,11 @@ class ServedSteering:
         """The engine runs: its dtype completes the identity (as `SteeringBackend.fingerprint` composes it)."""
         self.dtype = dtype.removeprefix("torch.")
         backend = self.backend
+        weights = weights_fingerprint(backend.model_spec)
         self.engine_identity = {
             "model": backend.model_spec, "backend": "vllm", "dtype": self.dtype,
-            "weights": weights_fingerprint(backend.model_spec), "embeddings": backend.identity.fingerprint,
-            "model_fingerprint": f"{weights_fingerprint(backend.model_spec)}/{backend.identity.fingerprint}/"
-                                 f"{self.dtype}",
+            "weights": weights, "embeddings": backend.identity.fingerprint,
+            "model_fingerprint": f"{weights}/{backend.identity.fingerprint}/{self.dtype}",
             "spare_rows": backend.extended.spare_rows, "steer_eval_version": __version__,
             "vllm_version": _vllm_version()}
 
@@ -101,10 +101,10 @@ def served_token_names(store: TokenStore, spare_rows: int) -> list[str]:
 def serve_steering(backend: VLLMBackend, steering_in_text: bool = False) -> ServedSteering:
     """Every steering token of the backend's store, checked against the model, in a spare row each."""
     names = served_token_names(backend.store, backend.extended.spare_rows)
-    vectors = load_vectors(backend.store, names, backend.identity)
+    tokens = {name: backend.store.load(name, backend.identity) for name in names}  # each file read once
     token_ids = {name: backend.extended.row_id(index) for index, name in enumerate(names)}
-    fingerprints = {name: backend.store.load(name).fingerprint for name in names}
-    rows = [backend.embeddings.spare_row(vectors[name]).tolist() for name in names]
+    fingerprints = {name: token.fingerprint for name, token in tokens.items()}
+    rows = [backend.embeddings.spare_row(tokens[name].vector).tolist() for name in names]
     folder = served_folder(backend.extended.folder, token_ids)
     return ServedSteering(backend, token_ids, fingerprints, rows, folder, steering_in_text)
 
