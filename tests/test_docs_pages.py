@@ -268,6 +268,7 @@ def test_the_pages_that_run_the_engine_run_in_order(session_engine, lm_eval_main
     assert (main_job / "grid" / "records.jsonl").stat().st_size > 0
     assert "| " in (main_job / "grid" / "summary.md").read_text()
     assert (main_job / "grid" / "summary.png").stat().st_size > 0
+    assert (main_job / "report.html").read_text().startswith("<!DOCTYPE html>")
     # the card's command on the defaults, as the main job runs it: every metric is what analyze computes
     from test_lmeval_cli import assert_groups_match_analysis, assert_metrics_match_analysis, results_of
     results, samples = results_of(main_job / "lm_eval")
@@ -288,6 +289,7 @@ PRODUCES = {
                          "runs/eval/records.jsonl", "runs/eval_table/*"],
     "docs/command-line.md": ["runs/infer/records.jsonl"],
     "docs/contributing.md": [],
+    "docs/report.md": ["runs/sim/report.html", "runs/both.html"],
 }
 
 

@@ -106,6 +106,14 @@ def test_the_installed_wheel_runs_the_card_commands_on_the_defaults(wheel, venv,
         "arithmetic_1dc"]
     assert new["evaluation"] == old["evaluation"]
 
+    # the results page's script and style are package data of the wheel
+    records = tmp_path / "records.jsonl"
+    records.write_text("".join((ROOT / "results" / "grid_2actors" / "records.jsonl").open().readlines()[:30]))
+    page = _run(venv, str(venv / "bin" / "steer-eval"), "report", str(records), "--html", str(tmp_path / "p.html"),
+                "-q", cwd=tmp_path)
+    assert page.returncode == 0, page.stderr[-2000:]
+    assert "function el(tag" in (tmp_path / "p.html").read_text() and "font-family" in (tmp_path / "p.html").read_text()
+
     generated = _run(venv, str(venv / "bin" / "steer-eval"), "generate", "--steering", "german",
                      "--prompt", "Name three colours.", "--max-new-tokens", "24", cwd=tmp_path)
     assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr[-2000:]

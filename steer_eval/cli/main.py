@@ -20,7 +20,7 @@ from steer_eval.backends.generation import DEFAULT_HF_BATCH_SIZE
 from steer_eval.cli import reports as cli_reports
 from steer_eval.cli.serve import add_serve_command, serve
 from steer_eval.scoring.behaviors import AND_TOKEN, BEHAVIORS
-from steer_eval.cli.types import non_negative, positive
+from steer_eval.cli.types import chatty, non_negative, positive
 from steer_eval import __version__
 from steer_eval.errors import UserError, WorkerFailedError
 from steer_eval.log import show_on_stderr
@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="print the summaries as JSON")
     analyze.add_argument("--rejudge", action="store_true",
                          help="judge every response again with this version's verifiers before summarising")
+    analyze.add_argument("--html", default=None, metavar="OUT.html",
+                         help="also write the run's results page (what `steer-eval report` writes)")
+    cli_reports.add_page_options(analyze)
     cli_reports.add_inspection_commands(commands)
     cli_reports.add_judge_command(commands)
     add_serve_command(commands)
@@ -209,7 +212,8 @@ def run(args) -> int:
         print(fetch(args.name))
         return 0
     commands = {"grid": _grid, "generate": _generate, "infer": _infer, "score": _score,
-                "analyze": cli_reports.analyze, "tokens": cli_reports.tokens, "compare": cli_reports.compare,
+                "analyze": cli_reports.analyze, "report": cli_reports.report, "tokens": cli_reports.tokens,
+                "compare": cli_reports.compare,
                 "judge": cli_reports.judge, "serve": serve}
     return commands[args.command](args)
 
@@ -250,7 +254,7 @@ def _infer(args) -> int:
 
     spec = _backend_spec(args, args.model_path)
     records = run_requests(requests, spec, _generation_config(args), args.output,
-                           progress=not args.silent and _chatty(args), restart=args.restart, on_records=show).records()
+                           progress=not args.silent and chatty(args), restart=args.restart, on_records=show).records()
     summary = {"behaviors": behaviors, "control_method": args.control_method, "mode": mode,
                "backend": spec.backend, "model": spec.model, "n": len(records), **behavior_accuracy(records)}
     print(json.dumps(summary, indent=2))
@@ -285,8 +289,8 @@ def _grid(args) -> int:
         print(_plan_text(plan, dry_run(plan, spec, output, args.actors)))
         return 0
     result = run_requests(plan, spec, _generation_config(args), output, actors=args.actors, address=args.address,
-                          chunk_size=args.chunk_size, restart=args.restart, progress=_chatty(args))
-    if args.actors and result.per_node and _chatty(args):
+                          chunk_size=args.chunk_size, restart=args.restart, progress=chatty(args))
+    if args.actors and result.per_node and chatty(args):
         print("evaluations per Ray node: " + ", ".join(f"{node[:12]} {count}" for node, count in
                                                        sorted(result.per_node.items())), file=sys.stderr)
     print(markdown_table(group_summaries(read_records(output))))
@@ -329,7 +333,7 @@ def _score(args) -> int:
     model = args.model or next((r.model for r in plan.todo if r.model), DEFAULT_MODEL)
     backend = _backend_spec(args, model).build()
     try:
-        path = score_records(args.records, backend, batch_size=args.batch_size, plan=plan, progress=_chatty(args))
+        path = score_records(args.records, backend, batch_size=args.batch_size, plan=plan, progress=chatty(args))
     finally:
         backend.shutdown()
     print(f"fluency scores written to {path}; `steer-eval analyze {args.records}` shows them", file=sys.stderr)
@@ -338,11 +342,6 @@ def _score(args) -> int:
 
 def _interrupted(signum, frame):
     raise KeyboardInterrupt  # so SIGTERM (a scheduler's stop) cleans up like Ctrl-C: workers and Ray shut down
-
-
-def _chatty(args) -> bool:
-    """Progress bars and notes on stderr, unless -q."""
-    return getattr(args, "log_level", logging.INFO) <= logging.INFO
 
 
 def main(argv: Sequence[str] | None = None) -> int:

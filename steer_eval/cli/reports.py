@@ -1,4 +1,4 @@
-"""`steer-eval` commands that read what runs produced: analyze, judge, tokens and compare.
+"""`steer-eval` commands that read what runs produced: analyze, report, judge, tokens and compare.
 
 Split from cli.py (which builds the parser and dispatches) to keep each module readable; the library never imports
 either.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from steer_eval.cli.types import non_negative, positive
+from steer_eval.cli.types import chatty, non_negative, positive
 from steer_eval.steering.embedded import DEFAULT_MODEL
 
 
@@ -54,6 +54,13 @@ def analyze(args) -> int:
         print(markdown_table(summaries))
     if args.plot:
         print(f"plot written to {plot(summaries, args.plot)}", file=sys.stderr)
+    if args.html:
+        from steer_eval.report.compare import default_name, rejudged
+        from steer_eval.report.page.build import write_report
+
+        path = write_report([args.records], [default_name(args.records)], args.html, page_rule(args),
+                            rejudged if args.rejudge else None, progress=chatty(args))
+        print(f"report written to {path.resolve()}", file=sys.stderr)
     return 0
 
 
@@ -88,6 +95,21 @@ def add_inspection_commands(commands) -> None:
     export.add_argument("--tokens-dir", "--tokens_dir", dest="tokens_dir", default=None,
                         help="folder holding caa/<behaviour>/ (default: the tokens shipped for MODEL)")
 
+    report = commands.add_parser(
+        "report", help="one self-contained HTML page of one or more runs: identity, tables, figures, order view, "
+                       "sample browser, one prompt side by side",
+        description="Write one HTML file that opens from disk in any current browser, with nothing fetched at view "
+                    "time. Every number comes from all records; the responses shown are chosen by a stated, seeded "
+                    "rule (docs/report.md).")
+    report.add_argument("runs", nargs="+", metavar="RUN",
+                        help="records of a run: a JSONL file, a folder of them or a .tar.gz")
+    report.add_argument("--html", required=True, metavar="OUT.html", help="the page to write")
+    report.add_argument("--name", action="append", default=None,
+                        help="a name per RUN, in order (default: its file or folder name)")
+    report.add_argument("--rejudge", action="store_true",
+                        help="judge every response again with this version's verifiers first")
+    add_page_options(report)
+
     compare = commands.add_parser("compare", help="several runs side by side: a markdown table and plots")
     compare.add_argument("runs", nargs="+", metavar="RUN",
                          help="records of a run: a JSONL file, a folder of them or a .tar.gz")
@@ -96,6 +118,38 @@ def add_inspection_commands(commands) -> None:
     compare.add_argument("--out", required=True, metavar="DIR", help="comparison.md and the PNGs go here")
     compare.add_argument("--rejudge", action="store_true",
                          help="judge every response again with this version's verifiers before comparing")
+
+
+def add_page_options(parser) -> None:
+    """How many responses the HTML page embeds (report, analyze --html); SampleRule holds the defaults."""
+    from steer_eval.report.page.samples import SampleRule
+
+    rule = SampleRule()
+    parser.add_argument("--seed", type=int, default=rule.seed, help="seed of the hash that picks the samples shown")
+    parser.add_argument("--cases-per-k", type=non_negative, default=rule.cases_per_k,
+                        help="prompts per k shown with every response to them (all orders and control methods)")
+    parser.add_argument("--flip-cases", type=non_negative, default=rule.flip_cases,
+                        help="at most this many more such prompts, one per combination, whose verdict flips "
+                             "between orders")
+    parser.add_argument("--failures-per-setting", type=non_negative, default=rule.failures_per_setting,
+                        help="failing responses shown per run and setting")
+
+
+def page_rule(args):
+    from steer_eval.report.page.samples import SampleRule
+
+    return SampleRule(seed=args.seed, cases_per_k=args.cases_per_k, flip_cases=args.flip_cases,
+                      failures_per_setting=args.failures_per_setting)
+
+
+def report(args) -> int:
+    from steer_eval.report.compare import rejudged, run_names
+    from steer_eval.report.page.build import write_report
+
+    path = write_report(args.runs, run_names(args.runs, args.name), args.html, page_rule(args),
+                        rejudged if args.rejudge else None, progress=chatty(args))
+    print(path.resolve())
+    return 0
 
 
 def tokens(args) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 
 def positive(text: str) -> int:
@@ -16,3 +17,8 @@ def non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def chatty(args) -> bool:
+    """Progress bars and notes on stderr, unless -q."""
+    return getattr(args, "log_level", logging.INFO) <= logging.INFO

@@ -51,14 +51,20 @@ def rejudged(records: Iterable[Record]) -> Iterator[Record]:
     return map(rejudge, records)
 
 
-def load_runs(sources: Sequence[str | Path], names: Sequence[str] | None = None, rejudge: bool = False) -> list[Run]:
+def run_names(sources: Sequence[str | Path], names: Sequence[str] | None = None) -> list[str]:
+    """One name per run: the --name given, else its file or folder name; two runs never share one."""
     if names is not None and len(names) != len(sources):
         raise UserError(f"{len(names)} --name for {len(sources)} runs; give one --name per run, in order, or none")
     chosen = list(names) if names is not None else [default_name(s) for s in sources]
     duplicates = sorted({n for n in chosen if chosen.count(n) > 1})
     if duplicates:
         raise UserError(f"two runs would both be called {', '.join(duplicates)}; tell them apart with --name")
-    return [load_run(source, name, rejudged if rejudge else None) for source, name in zip(sources, chosen)]
+    return chosen
+
+
+def load_runs(sources: Sequence[str | Path], names: Sequence[str] | None = None, rejudge: bool = False) -> list[Run]:
+    return [load_run(source, name, rejudged if rejudge else None)
+            for source, name in zip(sources, run_names(sources, names))]
 
 
 def write_comparison(runs: Sequence[Run], out_dir: str | Path) -> tuple[str, list[Path]]:

@@ -94,7 +94,7 @@ class _QualitySums:
                                             for name in self.FIELDS}}
 
 
-def _quality_of(record: Record) -> dict:
+def quality_of(record: Record) -> dict:
     """Quality of a record written before records carried it (not of simulated text) is measured from its response;
     tokens and the limit need the model's tokenizer. A fluency score from a sidecar is kept."""
     if "repetition" in record.quality or not judged_by_verifiers(record):
@@ -144,7 +144,7 @@ class _SettingColumns:
 
     def add(self, record: Record) -> None:
         identity = hash(record.key)
-        quality = _quality_of(record)
+        quality = quality_of(record)
         if quality:
             if self.filter is None:
                 self.filter = _SeenFilter(self.hashes)

@@ -56,7 +56,12 @@ def comparison_markdown(runs: Sequence[Run]) -> str:
     """The runs, the accuracy table, and per k: each behaviour's accuracy and each combination's (k > 1)."""
     lines = ["# Runs compared", ""]
     lines += [f"- **{run.name}**: `{run.source}` ({run.generations:,} generations)" for run in runs]
-    lines += ["", "## Accuracy per setting", "",
+    return "\n".join(lines) + "\n\n" + results_markdown(runs)
+
+
+def results_markdown(runs: Sequence[Run]) -> str:
+    """The accuracy table, and per k: each behaviour's accuracy and each combination's (k > 1)."""
+    lines = ["## Accuracy per setting", "",
               "Accuracy = every behaviour holds; best order and Δmax (order variance) from complete order sets only.",
               "", accuracy_table(runs)]
     for k in sorted({key[2] for run in runs for key in run.summaries}):
