@@ -5,10 +5,10 @@
 Stage `behaviour`: one vector per behaviour, initialised at the mean embedding of its instruction's tokens, trained
 so the frozen model reading `prompt <b>` matches the same model reading `prompt + instruction` (a paraphrase sampled
 per example) on the teacher's response: KL(teacher || student) at temperature T, times T^2, over response tokens.
-Stage `and`: behaviour vectors frozen (loaded from the token store), `<and>` zero-initialised and trained on pairs
-`prompt <b1><and><b2>`, plus lambda_orth * sum_b cos(e_and, e_b)^2. The model pass and the loss are
-`steer_eval.training.distillation.distillation_step` (packed on the host, length-grouped, logits in chunks, on a GPU the
-decoder as CUDA graphs).
+Stage `and`: behaviour vectors frozen (loaded from the token store), `<and>` zero-initialised (`--and_init random`
+for the ablation) and trained on pairs `prompt <b1><and><b2>`, plus lambda_orth * sum_b cos(e_and, e_b)^2. The
+model pass and the loss are `steer_eval.training.distillation.distillation_step` (packed on the host, length-grouped,
+logits in chunks, on a GPU the decoder as CUDA graphs).
 
     python trainers/train.py --stage behaviour --data data/language/german_train.json --lr 3e-3
     torchrun --standalone --nproc-per-node=2 trainers/train.py ...   # data parallel (gloo on CPU, nccl on GPU)
@@ -98,7 +98,8 @@ def train(config: TrainConfig, checkpoint: Optional[dict] = None) -> dict:
     examples = make_examples(plan.records, tokenizer, config.stage, config.max_response_tokens, template)
     val_examples = make_examples(plan.val_records, tokenizer, config.stage, config.max_response_tokens, template)
 
-    params, frozen = initial_vectors(config.stage, examples, tokenizer, embeddings, store, identity)
+    params, frozen = initial_vectors(config.stage, examples, tokenizer, embeddings, store, identity,
+                                     config.and_init, config.seed)
     names = list(params)
     vectors = {**frozen, **params}
 

@@ -71,16 +71,33 @@ def semantic_init(behavior_id, tokenizer, embeddings: InputEmbeddings):
     return embeddings.rows(torch.tensor(ids, device=embeddings.device)).float().mean(0)
 
 
-def initial_vectors(stage, examples, tokenizer, embeddings: InputEmbeddings, store, identity):
+AND_INITS = ("zero", "random")
+
+
+def random_and_init(frozen_vectors, hidden_size: int, seed: int) -> torch.Tensor:
+    """The `--and_init random` start of <and> (the paper's ablation of its zero start): a Gaussian direction drawn
+    from `seed` on the CPU (the same vector on any device), scaled to the mean norm of the frozen behaviour tokens it
+    composes, so it starts on the scale of the vectors it sits between."""
+    direction = torch.randn(hidden_size, generator=torch.Generator().manual_seed(seed))
+    norm = torch.stack([v.detach().float().norm().cpu() for v in frozen_vectors]).mean()
+    return direction / direction.norm() * norm
+
+
+def initial_vectors(stage, examples, tokenizer, embeddings: InputEmbeddings, store, identity, and_init="zero",
+                    seed=0):
     """(trainable fp32 parameters, frozen vectors). Stage behaviour: one semantically initialised vector per
-    behaviour in the data. Stage and: <and> at zero; the behaviour tokens it composes, loaded and frozen."""
+    behaviour in the data. Stage and: <and> at zero (`and_init="random"`: `random_and_init`); the behaviour tokens
+    it composes, loaded and frozen."""
     if stage == "behaviour":
         names = sorted({e.behaviors[0] for e in examples})
         return {b: torch.nn.Parameter(semantic_init(b, tokenizer, embeddings)) for b in names}, {}
-    zero = torch.zeros(embeddings.hidden_size, device=embeddings.device)
+    if and_init not in AND_INITS:
+        raise ValueError(f"and_init must be one of {AND_INITS}, not {and_init!r}")
     seen = sorted({b for e in examples for b in e.behaviors})
-    return ({AND_TOKEN: torch.nn.Parameter(zero)},
-            {b: store.load(b, identity).vector.to(embeddings.device) for b in seen})
+    frozen = {b: store.load(b, identity).vector.to(embeddings.device) for b in seen}
+    start = (random_and_init(frozen.values(), embeddings.hidden_size, seed) if and_init == "random"
+             else torch.zeros(embeddings.hidden_size))
+    return {AND_TOKEN: torch.nn.Parameter(start.float().to(embeddings.device))}, frozen
 
 
 def student_deltas(directions, factors, behaviors):

@@ -49,6 +49,15 @@ RUN_FILES = (MANIFEST, CHECKPOINT, CHECKPOINT + ".tmp", LOG, SUMMARY, MANIFEST +
 
 # may change on --resume
 VOLATILE = ("resume", "restart", "stop_after", "device", "cuda_graphs", "out_dir", "overwrite_tokens")
+# Settings added after runs were made, with the value those runs had: left out of a run's identity at that value, so
+# runs begun before the setting existed still resume and a default run's identity is what it was.
+ADDED_LATER = {"and_init": "zero"}
+
+
+def identity_settings(config: dict) -> dict:
+    """The settings that identify a run: all but VOLATILE, and but ADDED_LATER ones at their old value."""
+    return {k: v for k, v in config.items()
+            if k not in VOLATILE and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 BY_CONTENT = ("model", "data", "val_data_path")  # compared by the files' contents, not their paths
 MANIFEST_VERSION = 1
 
@@ -71,7 +80,7 @@ class TrainingIdentity:
 
     @classmethod
     def of(cls, trainer: str, config: dict, data, model: str, val_data=(), tokens=None) -> "TrainingIdentity":
-        kept = {k: v for k, v in config.items() if k not in VOLATILE}
+        kept = identity_settings(config)
         return cls(trainer, kept, [list(d) for d in data], [list(d) for d in val_data], model, dict(tokens or {}))
 
     def conflicts(self, stored: "TrainingIdentity") -> list[str]:
@@ -282,7 +291,7 @@ class RunFolder:
             return None
         checkpoint = read_checkpoint(self.checkpoint, CHECKPOINT_FIELDS)
         self.check_checkpoint_run(checkpoint["run"], manifest)
-        if {k: v for k, v in checkpoint["config"].items() if k not in VOLATILE} != manifest["config"]:
+        if identity_settings(checkpoint["config"]) != manifest["config"]:
             raise TrainingInputError(f"{self.checkpoint} holds other settings than {self.manifest} of the same run; "
                                      "restore them, or --restart to start over")
         return checkpoint

@@ -19,6 +19,7 @@ from steer_eval.scoring.behaviors import AND_TOKEN, get_behavior
 from steer_eval.steering.models import model_label, weights_fingerprint
 from steer_eval.steering.tokens import TokenStore, default_tokens_dir
 from steer_eval.training.checkpoints import check_checkpoint_state
+from steer_eval.training.examples import AND_INITS
 from steer_eval.training.inputs import TrainingInputError, read_training_data, restore_config
 from steer_eval.training.run_folder import (VOLATILE, RunFolder, TrainingIdentity, check_tokens_free,
                                             token_fingerprints)
@@ -45,6 +46,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     temperature: float = 10.0
     lambda_orth: float = 0.5
+    and_init: str = "zero"  # stage and: where <and> starts: zero | random (HELP says how and why)
     max_response_tokens: int = 256
     chat_template_kwargs: str = ""  # JSON object for the chat template of teacher and student, e.g. Qwen3's
     # '{"enable_thinking": false}' (the same as the evaluation's --chat-template-kwargs)
@@ -65,6 +67,14 @@ class TrainConfig:
     restart: bool = False  # move the out_dir's run aside (into replaced-<date>/) and start over
 
 
+HELP = {
+    "and_init": "stage and: where <and> starts. zero (the default and the paper's: no bias towards any behaviour) or "
+                "random (the paper's ablation): a Gaussian direction drawn from --seed, scaled to the mean norm of the "
+                "frozen behaviour tokens it composes, so it starts on the scale of the vectors it sits between "
+                "rather than of the vocabulary's embedding rows, which the steering slots need not match",
+}
+
+
 def fail(message: str):
     """For entry points: bad input as one logged error line naming the problem and the fix (on stderr once the
     script shows the package's log, `steer_eval.log.show_on_stderr`), and exit status 2, as argparse's own errors."""
@@ -77,13 +87,14 @@ def parse_config(argv=None, description: str | None = None) -> TrainConfig:
     for f in dataclasses.fields(TrainConfig):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         names = [f"--{f.name}"] + (["--json_paths"] if f.name == "data" else [])
+        text = {"help": HELP[f.name]} if f.name in HELP else {}
         if f.type is bool:
-            parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, default=default, **text)
         elif f.type is list:
-            parser.add_argument(*names, nargs="+", default=default)
+            parser.add_argument(*names, nargs="+", default=default, **text)
         else:
             kind = {Optional[str]: str}.get(f.type, f.type)
-            parser.add_argument(*names, type=kind, default=default)
+            parser.add_argument(*names, type=kind, default=default, **text)
     config = TrainConfig(**vars(parser.parse_args(argv)))
     if config.resume and config.restart:
         fail("--resume continues the out_dir's run and --restart starts it over; choose one")
@@ -100,6 +111,8 @@ def check_config(config: TrainConfig, error):
         error("--run_validation needs --val_data_path")
     if not 0 < config.subset <= 1:
         error("--subset is a fraction in (0, 1]")
+    if config.and_init not in AND_INITS:
+        error(f"--and_init must be {' or '.join(AND_INITS)}, not {quoted(config.and_init)}")
     if config.dtype not in ("auto", "bfloat16", "float32"):
         error(f"--dtype must be auto, bfloat16 or float32, not {quoted(config.dtype)}")
     try:
