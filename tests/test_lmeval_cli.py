@@ -1,6 +1,7 @@
 """lm-eval integration end to end: registration, the released console scripts, task runs, logged samples."""
 import json
 import math
+import os
 import subprocess
 import sys
 import zipfile
@@ -15,8 +16,10 @@ HOOK_HINT = ("lm-eval did not find the steering models: the registration hook st
              "from this environment's site-packages; reinstall (scripts/setup.sh, or pip install -e .)")
 
 
-def console(script: str, *args: str, cwd: Path = REPO, ok: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(SCRIPTS / script), *args], capture_output=True, text=True, timeout=900, cwd=cwd)
+def console(script: str, *args: str, cwd: Path = REPO, ok: bool = True, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(SCRIPTS / script), *args], capture_output=True, text=True, timeout=900, cwd=cwd,
+                            env=None if env is None else {**os.environ, **env})
     assert "no model for this name found" not in result.stderr, HOOK_HINT
     if ok:
         assert result.returncode == 0, result.stderr[-4000:]
@@ -175,9 +178,15 @@ def lm_eval_fails(lm_eval_main, cwd: Path, *args: str) -> str:
     return caught.value.captured.err
 
 
+# This machine has no network: the hub's client retries a name it cannot resolve for ~26 s before it fails. In offline
+# mode it fails at once, through the same error path.
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
+
+
 @pytest.mark.parametrize("case", list(ERROR_CASES))
-def test_user_errors_are_one_line_without_traceback(case, lm_eval_main, tmp_path):
+def test_user_errors_are_one_line_without_traceback(case, lm_eval_main, tmp_path, monkeypatch):
     args, fix = ERROR_CASES[case]
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     stderr = lm_eval_fails(lm_eval_main, tmp_path, *args, "--limit", "1")
     assert "Traceback" not in stderr, stderr[-3000:]
     [line] = [line for line in stderr.splitlines() if line.startswith("steer-eval: error:")]
@@ -187,7 +196,7 @@ def test_user_errors_are_one_line_without_traceback(case, lm_eval_main, tmp_path
 def test_a_user_error_ends_the_console_script_with_one_line(tmp_path):
     """What only a real process shows: the installed script's exit status and its whole stderr."""
     args, fix = ERROR_CASES["unknown hub id"]
-    result = console("lm_eval", *args, "--limit", "1", cwd=tmp_path, ok=False)
+    result = console("lm_eval", *args, "--limit", "1", cwd=tmp_path, ok=False, env=OFFLINE)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     [line] = [line for line in result.stderr.splitlines() if line.startswith("steer-eval: error:")]
