@@ -11,13 +11,25 @@
 #      steering/concatenation, the "no <and>" row), then 3-behaviour composition by ref's <and> (trained on pairs
 #      only) on the test split: every compatible triple of the shipped behaviours, all 6 orders, 32 prompts,
 #      steering/composition vs text vs steering/concatenation.
+#   RECIPE=shipped: the same three variants at the shipped <and> recipe (round 2: lr 1e-2, 6 epochs, 2 teacher
+#      samples per train prompt and seen pair): pair data built again the way round 2 built it (gpu_pipeline.sh's
+#      data_pairs stage with PAIR_SAMPLES=2: temperature 0.7, --filter, the 400 train prompts, seed 0) into
+#      $W/data_r2p, resuming from the 4k round's records (they hold every single-behaviour sample 0-1 and the pairs'
+#      sample 0 under the same request keys, so only the pairs' sample 1 is generated); stages and folders carry
+#      the suffix _s (tokens_abl_s_ref, ...); per variant train and test, then each variant's val (no
+#      concatenation: it does not depend on <and>; round 2's records have it), no triples. VARIANTS sets the order.
 # Seconds per stage go to $W/bench/abl_times.tsv.
 set -euo pipefail
 : "${MODEL:?model folder}" "${W:?work folder}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 PY="python3 -u"
 SHIPPED_STORE="$HERE/../steer_eval/steering/shipped/SmolLM2-135M-Instruct/steering_tokens"
-DATA="$W/data_4k"
+RECIPE="${RECIPE:-pipeline}"
+case "$RECIPE" in
+  pipeline) SFX=""; DATA="$W/data_4k"; AND_LR=3e-3; AND_EPOCHS=3 ;;
+  shipped) SFX="_s"; DATA="$W/data_r2p"; AND_LR=1e-2; AND_EPOCHS=6 ;;
+  *) echo "RECIPE is pipeline or shipped, not $RECIPE" >&2; exit 2 ;;
+esac
 GEN_BATCH="${GEN_BATCH:-512}"
 N_PAIR="${N_PAIR:-64}"
 N_TRIPLE="${N_TRIPLE:-32}"
@@ -49,7 +61,7 @@ store() {  # store DIR NAMES...: a token store holding copies of the shipped tok
 }
 
 # 1. round 2 on val, by the pipeline's own stage and settings
-if [ ! -f "$W/done.val_eval_r2v" ]; then
+if [ "$RECIPE" = pipeline ] && [ ! -f "$W/done.val_eval_r2v" ]; then
   store "$W/tokens_r2v" $SHIPPED and
   touch "$W/done.train_behaviour_r2v" "$W/done.train_and_r2v"
   timed val_eval_r2v env TAG=_r2v DATA_TAG=_4k TEST_EVAL=0 bash "$HERE/gpu_pipeline.sh"
@@ -66,37 +78,50 @@ gen() {  # gen TOKENS OUT_DIR SPLIT ARGS...: evaluate_tokens.py generate with th
 VARIANTS="${VARIANTS:-ref orth0 rand}"
 declare -A FLAGS=([ref]="" [orth0]="--lambda_orth 0" [rand]="--and_init random")
 
-# 2a. the <and> tokens
+# 2'. the shipped recipe's pair data: round 2's build (PAIR_SAMPLES=2), resumed from the 4k round's records
+if [ "$RECIPE" = shipped ] && stage abl_data_r2p; then
+  mkdir -p "$DATA"
+  [ -f "$DATA/records_train.jsonl" ] || cp "$W/data_4k/records_train.jsonl" "$W/data_4k/records_train.manifest.json" \
+      "$DATA/"
+  SEEN="$($PY -c "import sys; from steer_eval.scoring.behaviors import get_behavior as g; print(' '.join(b for b in sys.argv[1:] if not g(b).unseen))" $SHIPPED)"
+  timed abl_data_r2p $PY "$HERE/build_data.py" --model "$MODEL" --behaviors $SEEN --pairs seen --samples 2 \
+      --temperature 0.7 --filter --limit 400 --max_new_tokens "$MAX_NEW" --batch_size "$GEN_BATCH" --dtype float32 \
+      --out_dir "$DATA"
+  mark abl_data_r2p
+fi
+
 for v in $VARIANTS; do
-  if stage abl_train_$v; then
-    store "$W/tokens_abl_$v" $SHIPPED
-    run="$W/runs_abl_$v/and"
-    if [ -f "$run/ckpt.pt" ]; then timed abl_train_$v $PY "$HERE/train.py" --out_dir "$run" --resume
-    else timed abl_train_$v $PY "$HERE/train.py" --stage and --model "$MODEL" --tokens_dir "$W/tokens_abl_$v" \
-        --out_dir "$run" --data "$DATA"/and/*_train.json --lr 3e-3 --epochs 3 --batch_size 32 --log_every 10 \
-        ${FLAGS[$v]}; fi
-    mark abl_train_$v
+  n="$SFX"_$v  # stage and folder suffix: _ref (pipeline recipe), _s_ref (shipped recipe), ...
+  # 2a. the <and> token
+  if stage abl_train$n; then
+    store "$W/tokens_abl$n" $SHIPPED
+    run="$W/runs_abl$n/and"
+    if [ -f "$run/ckpt.pt" ]; then timed abl_train$n $PY "$HERE/train.py" --out_dir "$run" --resume
+    else timed abl_train$n $PY "$HERE/train.py" --stage and --model "$MODEL" --tokens_dir "$W/tokens_abl$n" \
+        --out_dir "$run" --data "$DATA"/and/*_train.json --lr "$AND_LR" --epochs "$AND_EPOCHS" --batch_size 32 \
+        --log_every 10 ${FLAGS[$v]}; fi
+    mark abl_train$n
   fi
-done
-# 2b. val split: pairs, <and> composition (concatenation: round 2's val records above, the same behaviour tokens)
-for v in $VARIANTS; do
-  if stage abl_val_$v; then
-    timed abl_val_$v gen "$W/tokens_abl_$v" "$W/eval_abl_$v/val_records" val --pairs $PAIRS \
-        --pair_conditions steering/composition --n_pair "$N_PAIR"
-    mark abl_val_$v
-  fi
-done
-# 2c. test split: the 11 pairs, both orders; the reference also without <and> (concatenation)
-for v in $VARIANTS; do
-  if stage abl_test_$v; then
-    conditions=(steering/composition); [ "$v" = ref ] && conditions+=(steering/concatenation)
-    timed abl_test_$v gen "$W/tokens_abl_$v" "$W/eval_abl_$v/records" test --pairs $PAIRS \
+  # 2b. test split: the 11 pairs, both orders; the pipeline recipe's reference also without <and> (concatenation)
+  if stage abl_test$n; then
+    conditions=(steering/composition); [ "$n" = _ref ] && conditions+=(steering/concatenation)
+    timed abl_test$n gen "$W/tokens_abl$n" "$W/eval_abl$n/records" test --pairs $PAIRS \
         --pair_conditions "${conditions[@]}" --n_pair "$N_PAIR"
-    mark abl_test_$v
+    mark abl_test$n
+  fi
+done
+# 2c. val split, after every variant's test (a call cut at its budget leaves whole test rows): pairs, <and>
+# composition (concatenation: round 2's val records, the same behaviour tokens)
+for v in $VARIANTS; do
+  n="$SFX"_$v
+  if stage abl_val$n; then
+    timed abl_val$n gen "$W/tokens_abl$n" "$W/eval_abl$n/val_records" val --pairs $PAIRS \
+        --pair_conditions steering/composition --n_pair "$N_PAIR"
+    mark abl_val$n
   fi
 done
 # 2d. 3 behaviours composed by the reference <and> (trained on pairs only), test split, all 6 orders
-if stage abl_triples; then
+if [ "$RECIPE" = pipeline ] && stage abl_triples; then
   timed abl_triples gen "$W/tokens_abl_ref" "$W/eval_abl_triples/records" test --pairs $TRIPLES \
       --pair_conditions steering/composition text/concatenation steering/concatenation --n_pair "$N_TRIPLE"
   mark abl_triples

@@ -50,5 +50,5 @@ grep -v "it/s\]$" "$W/pipeline.log" | tail -c 5000
 cd "$W" && tar czf "$OUT/small.tgz" shipped.txt done.* tokens* baseline_tokens caa_sweep runs*/*/log.jsonl runs*/*/summary.json \
     eval*/*/table.* pipeline.log data*/*/*.meta.json bench 2>/dev/null
 tar czf "$OUT/records.tgz" eval/text_records eval/baselines eval*/records eval*/val_records eval*/*/records 2>/dev/null
-tar czf "$OUT/data.tgz" data* 2>/dev/null
+tar czf "$OUT/data.tgz" ${DATA_PACK:-data*} 2>/dev/null  # DATA_PACK: what of the data to bring back
 ls -la "$OUT"
