@@ -228,3 +228,20 @@ def test_a_real_grid_page_names_its_identity():
     data = page_data(runs, prompts, SampleRule())
     shown = [s for s in data["samples"] if s["kept_as"] == "case"]
     assert len({(s["combination"], s["prompt_id"]) for s in shown}) >= 40 + 40  # 40 cases per k, plus flips
+
+
+def test_a_huge_response_is_shown_cut_and_judged_whole(tmp_path):
+    text = "Das ist ein Satz. " * 200_000  # 3.6 MB
+    order = ("german", "words_10_50")
+    record = Record(Request("p0", "x" * 50_000, order, "text"), text, verify(order, text).per_behavior,
+                    scorer_spec(order), {}, (), "y" * 30_000)
+    append_records(tmp_path / "r.jsonl", [record])
+    page = write_report([tmp_path / "r.jsonl"], ["huge"], tmp_path / "p.html")
+    assert page.stat().st_size < 1_000_000
+    data = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', page.read_text(),
+                                re.S)[1])
+    [sample] = data["samples"]
+    assert sample["response"].startswith(text[:20_000])
+    assert sample["response"].endswith(f"[... {len(text) - 20_000:,} more characters in the record]")
+    assert sample["reasons"]["words_10_50"] == "800000 words, needs 10-50"  # of the whole response
+    assert len(data["prompts"]["p0"]) < 20_100 and len(sample["instruction"]) < 20_100

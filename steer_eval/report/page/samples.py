@@ -150,6 +150,15 @@ def _judge_scores(source: Path, keys: set[str]) -> dict[str, dict]:
             for row in read_rows(path) if row.get("key") in keys and "error" not in row}
 
 
+SHOWN_CHARACTERS = 20_000  # of a response or prompt on the page; badges and numbers are of the whole text
+
+
+def shown(text: str | None) -> str | None:
+    if text is None or len(text) <= SHOWN_CHARACTERS:
+        return text
+    return f"{text[:SHOWN_CHARACTERS]}\n[... {len(text) - SHOWN_CHARACTERS:,} more characters in the record]"
+
+
 def sample_of(record: Record, kept_as: str) -> dict:
     """One record as the page shows it; `reasons` say what today's verifiers measured, `today` their verdicts
     (the record's own verdicts may come from an older scorer)."""
@@ -160,7 +169,8 @@ def sample_of(record: Record, kept_as: str) -> dict:
             "order": ">".join(record.behaviors), "followed": record.followed, "per_behavior": record.per_behavior,
             "reasons": explain(record.behaviors, record.response) if real else None,
             "today": verify(record.behaviors, record.response).per_behavior if real else None,
-            "steering": list(record.steering), "instruction": record.instruction, "response": record.response,
+            "steering": list(record.steering), "instruction": shown(record.instruction),
+            "response": shown(record.response),
             "quality": {name: value for name, value in quality_of(record).items()
                         if name in ("repetition", "distinct_2", "hit_limit", "fluency", "tokens")},
             "kept_as": kept_as}
@@ -173,13 +183,13 @@ def second_pass(run: RunRecords, cases: set[tuple[str, str]], through: Through |
     texts, seen = {}, set()
     for record in _records(run.source, None, progress and f"{run.name}: samples"):
         if record.prompt_id in prompts_wanted and record.prompt_id not in texts:
-            texts[record.prompt_id] = record.request.prompt
+            texts[record.prompt_id] = shown(record.request.prompt)
         case = (combination_key(record.behaviors), record.prompt_id) in cases
         if (case or record.key in failure_keys) and record.key not in seen:
             seen.add(record.key)
             fresh = next(iter(through([record]))) if through else record
             run.samples.append(sample_of(fresh, "case" if case else "failure"))
-            texts[record.prompt_id] = record.request.prompt
+            texts[record.prompt_id] = shown(record.request.prompt)
     scores = _judge_scores(run.source, seen)
     for sample in run.samples:
         if sample["key"] in scores:
