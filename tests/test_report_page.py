@@ -182,6 +182,12 @@ def test_several_runs_and_a_run_name_per_run(grid, tmp_path):
     assert "<th>run</th>" in page
 
 
+def test_a_page_is_rewritten_in_place(grid, tmp_path):
+    first = write_report([grid], ["one"], tmp_path / "p.html").read_text()
+    second = write_report([grid], ["two"], tmp_path / "p.html").read_text()
+    assert "<h3>one</h3>" in first and "<h3>two</h3>" in second and not list(tmp_path.glob(".*partial"))
+
+
 def test_analyze_writes_the_page_too(grid, tmp_path):
     result = cli("analyze", str(grid.parent), "--html", str(tmp_path / "a.html"))
     assert "| control |" in result.stdout
@@ -195,6 +201,7 @@ def test_analyze_writes_the_page_too(grid, tmp_path):
     ("names", "two runs would both be called"),
     ("damaged", "line 2"),
     ("unwritable", "cannot write"),
+    ("overwrite records", "is not a page steer-eval wrote"),
 ])
 def test_bad_input_is_one_line_and_exit_2(grid, tmp_path, case, message):
     out = str(tmp_path / "page.html")
@@ -205,6 +212,10 @@ def test_bad_input_is_one_line_and_exit_2(grid, tmp_path, case, message):
     elif case == "unwritable":
         out = str(grid / "page.html")  # a folder that is a file
         args = [str(grid), "--html", out]
+    elif case == "overwrite records":  # a slip of the fingers must not replace the records with a page
+        out = str(grid)
+        args = [str(grid.parent), "--html", out]
+        before = grid.read_bytes()
     elif case == "names":
         args = [str(grid), str(grid), "--html", out]
     else:
@@ -214,7 +225,10 @@ def test_bad_input_is_one_line_and_exit_2(grid, tmp_path, case, message):
     result = cli("report", *args, check=False)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
-    assert not Path(out).exists()
+    if case == "overwrite records":
+        assert grid.read_bytes() == before
+    else:
+        assert not Path(out).exists()
 
 
 def test_a_real_grid_page_names_its_identity():

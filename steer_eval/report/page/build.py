@@ -34,6 +34,7 @@ from steer_eval.scoring.verdict import SCORER_NAME, SCORER_VERSION
 
 log = logging.getLogger(__name__)
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
+GENERATOR = b'<meta name="generator" content="steer-eval report">'  # in the head of every page written here
 FIGURE_TITLES = {"accuracy_by_k.png": "Accuracy and order variance against k",
                  "order_heatmap.png": "Accuracy per combination and order",
                  "per_behavior.png": "Per-behaviour accuracy",
@@ -180,12 +181,27 @@ def render(runs: Sequence[RunRecords], prompts: dict[str, str], rule: SampleRule
     return re.sub(r"\{\{(\w+)\}\}", lambda match: slots[match.group(1)], _asset("page.html"))
 
 
+def _refuse_to_replace(out: Path) -> None:
+    """A file at `out` is replaced only if it is a page written here: a slip (`--html records.jsonl`) loses nothing."""
+    if not out.exists():
+        return
+    try:
+        with out.open("rb") as existing:
+            ours = GENERATOR in existing.read(512)
+    except OSError as error:
+        raise UserError(f"cannot read {out} ({error.strerror}); give --html another path") from None
+    if not ours:
+        raise UserError(f"--html {out} exists and is not a page steer-eval wrote (records, say); it is left as it "
+                        "is: give another path, or move that file away first")
+
+
 def write_report(sources: Sequence[str | Path], names: Sequence[str], out: str | Path, rule: SampleRule = SampleRule(),
                  through=None, title: str | None = None, progress: bool = False) -> Path:
     """Reads the runs (two passes each), writes the page to `out` atomically; returns its path."""
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--html {out} is a folder; give the path of the HTML file to write, e.g. {out / 'report.html'}")
+    _refuse_to_replace(out)
     partial = out.with_name(f".{out.name}.partial")
     try:  # before reading a million records: a path that cannot be written fails at once
         out.parent.mkdir(parents=True, exist_ok=True)
