@@ -259,3 +259,16 @@ def test_a_huge_response_is_shown_cut_and_judged_whole(tmp_path):
     assert sample["response"].endswith(f"[... {len(text) - 20_000:,} more characters in the record]")
     assert sample["reasons"]["words_10_50"] == "800000 words, needs 10-50"  # of the whole response
     assert len(data["prompts"]["p0"]) < 20_100 and len(sample["instruction"]) < 20_100
+
+
+def test_judge_scores_of_the_run_reach_its_samples(grid):
+    from steer_eval.judges.llm import SCORES_FILE, judge_dir
+    from steer_eval.runs.records import append_rows
+    records = load_records(grid)
+    append_rows(judge_dir(grid) / SCORES_FILE,
+                [{"key": records[0].key, "run": "run1", "relevance": 2, "fluency": 1, "combined": 0.75},
+                 {"key": records[1].key, "run": "run1", "error": "timeout"}])
+    runs, _, _ = collect([grid], ["g"], EVERYTHING)
+    judged = {s["key"]: s.get("judge") for s in runs[0].samples}
+    assert judged[records[0].key] == {"relevance": 2, "fluency": 1, "combined": 0.75}
+    assert judged[records[1].key] is None and sum(j is not None for j in judged.values()) == 1
