@@ -14,6 +14,8 @@ FILES = [
     "results/token_eval/README.md",
     "results/token_eval/data_4k/README.md",
     "results/baselines/README.md",
+    "results/fidelity/README.md",
+    "results/fidelity/ablations.md",
     "results/ifeval_crosscheck/table.md",
     "results/compare/README.md",
     "results/token_tools/pca.png",
