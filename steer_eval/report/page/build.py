@@ -153,7 +153,7 @@ def _order_view(run: RunRecords, rule: SampleRule) -> list[dict]:
 
 def page_data(runs: Sequence[RunRecords], prompts: dict[str, str], rule: SampleRule) -> dict:
     behaviors = sorted({b for run in runs for sample in run.samples for b in sample["behaviors"]})
-    return {"rule": rule.describe(), "behaviors": behaviors, "prompts": prompts,
+    return {"behaviors": behaviors, "prompts": prompts,
             "runs": [{"name": run.name or "run",
                       "settings": [{"control": c, "mode": m, "k": k, "label": setting_label(c, m)}
                                    for c, m, k in sorted(run.settings)],
