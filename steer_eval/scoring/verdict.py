@@ -31,29 +31,27 @@ class Verdict:
 def verify(behaviors: Sequence[str | Behavior], text: str) -> Verdict:
     """Each behaviour's verifier on `text`; sentences are split by the rules of the language the composition
     asks for (German abbreviations in `german + sentences_3`), English rules when it asks for none."""
+    return Verdict({b.id: run_verifier(b.verifier, text, params) for b, params in _checks(behaviors)})
+
+
+def _checks(behaviors: Sequence[str | Behavior]) -> list[tuple[Behavior, dict]]:
+    """Each behaviour with the parameters its verifier runs with: sentences in the composition's language."""
     resolved = resolve([b.id if isinstance(b, Behavior) else b for b in behaviors])
     language = next((b.params["lang"] for b in resolved if b.verifier == "is_language"), None)
-    return Verdict({b.id: run_verifier(b.verifier, text, _with_language(b, language)) for b in resolved})
+    return [(b, {**b.params, "lang": language} if b.verifier == "has_sentences" and language else b.params)
+            for b in resolved]
 
 
-def _with_language(behavior: Behavior, language: str | None) -> dict:
-    if behavior.verifier == "has_sentences" and language:
-        return {**behavior.params, "lang": language}
-    return behavior.params
-
-
-def explain(behaviors: Sequence[str], text: str) -> dict[str, str]:
+def explain(behaviors: Sequence[str | Behavior], text: str) -> dict[str, str]:
     """Per behaviour, what its verifier measured in `text` and what the behaviour needs ("57 words, needs 10-50",
     "language it, needs de"): the words beside a verdict on the results page. The same rules as `verify` (sentences
     in the composition's language), from the verifiers' own measuring functions."""
-    resolved = resolve(list(behaviors))
-    language = next((b.params["lang"] for b in resolved if b.verifier == "is_language"), None)
-    return {b.id: _reason(b.verifier, _with_language(b, language), text) for b in resolved}
+    return {b.id: _reason(b.verifier, params, text) for b, params in _checks(behaviors)}
 
 
 def _first(text: str, wrong) -> str:
-    found = next((char for char in text if wrong(char)), None)
-    return f"{found!r} at character {text.index(found) + 1}" if found else ""
+    found = next(((position, char) for position, char in enumerate(text, 1) if wrong(char)), None)
+    return f"{found[1]!r} at character {found[0]}" if found else ""
 
 
 def _count(number: int, noun: str) -> str:
