@@ -29,18 +29,30 @@ def default_name(source: str | Path) -> str:
     return path.parent.name if name == "records" else name
 
 
-def load_run(source: str | Path, name: str | None = None, through: Through | None = None) -> Run:
-    """One run's summaries per setting; `through` sees (and may replace, e.g. re-judge) every record first."""
+def check_source(source: str | Path) -> Path:
     path = Path(source)
     if not path.exists():
         raise UserError(f"{source} does not exist; give a records JSONL file, a folder of them or a .tar.gz")
+    return path
+
+
+def run_records(source: str | Path, through: Through | None = None) -> Iterator[Record]:
+    """A run's records, streamed, with the fluency scores of its sidecar; `through` sees (and may replace, e.g.
+    re-judge) every record. A missing source fails here, before any is read."""
+    path = check_source(source)
     records = iter_records(path)
     sidecar = sidecar_path(path)
     fluency = read_scores(sidecar)
     if fluency:
         log.info("fluency scores from %s", sidecar)
         records = with_fluency(records, fluency, sidecar)
-    settings = summarize_settings(through(records) if through else records)
+    return through(records) if through else records
+
+
+def load_run(source: str | Path, name: str | None = None, through: Through | None = None) -> Run:
+    """One run's summaries per setting; `through` sees (and may replace, e.g. re-judge) every record first."""
+    path = Path(source)
+    settings = summarize_settings(run_records(path, through))
     if not settings:
         raise UserError(f"no records in {source} (give a JSONL file, a folder of them or a .tar.gz)")
     return Run(name if name is not None else default_name(path), path, settings)

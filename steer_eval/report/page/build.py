@@ -140,14 +140,15 @@ def _order_view(run: RunRecords, rule: SampleRule) -> list[dict]:
                 continue
             accuracy = result.complete_order_accuracy or result.order_accuracy
             by_prompt = run.orders.get((setting, result.combination), {})
+            flips = run.flips(setting, result.combination)
             rows.append({"setting": index, "combination": result.combination, "seen": result.seen,
                          "orders": order_names(result.combination),
                          "accuracy": [accuracy.get(order) for order in order_names(result.combination)],
                          "complete": result.complete_order_accuracy is not None,
                          "delta": result.order_delta_max, "incomplete": result.incomplete_records,
-                         "flips": len(run.flips(setting, result.combination)),
+                         "flips": len(flips),
                          "listed": [[prompt, *by_prompt[prompt]]
-                                    for prompt in listed_flips(run, setting, result.combination, rule)]})
+                                    for prompt in listed_flips(flips, result.combination, rule)]})
     return rows
 
 

@@ -13,19 +13,18 @@ import heapq
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
 from steer_eval.errors import UserError
-from steer_eval.judges.fluency import read_scores, sidecar_path, with_fluency
 from steer_eval.judges.llm import SCORES_FILE, judge_dir
 from steer_eval.report.analysis import combination_key
+from steer_eval.report.compare import Through, check_source, run_records
 from steer_eval.report.outcomes import Setting, SettingSummary, quality_of, setting_of, summarize_settings
-from steer_eval.runs.records import Record, iter_records, judged_by_verifiers, read_rows
+from steer_eval.runs.records import Record, judged_by_verifiers, read_rows
 from steer_eval.scoring.verdict import explain, verify
 
-Through = Callable[[Iterable[Record]], Iterator[Record]]
 
 
 @dataclass(frozen=True)
@@ -80,13 +79,8 @@ def flipped(masks: list[int]) -> bool:
 
 
 def _records(source: Path, through: Through | None, progress: str | None = None) -> Iterator[Record]:
-    records = iter_records(source)
-    if progress:
-        records = tqdm(records, desc=progress, unit=" records", mininterval=1.0)
-    fluency = read_scores(sidecar_path(source))
-    if fluency:
-        records = with_fluency(records, fluency, sidecar_path(source))
-    return through(records) if through else records
+    records = run_records(source, through)
+    return tqdm(records, desc=progress, unit=" records", mininterval=1.0) if progress else records
 
 
 def first_pass(run: RunRecords, rule: SampleRule, through: Through | None, progress: bool = False) -> None:
@@ -203,20 +197,19 @@ def collect(sources: Sequence[str | Path], names: Sequence[str], rule: SampleRul
     """Both passes over every run: (runs, the cases embedded, prompt id -> text of every prompt shown)."""
     runs = [RunRecords(name, Path(source)) for source, name in zip(sources, names)]
     for run in runs:  # before any progress bar: a wrong path is one line
-        if not run.source.exists():
-            raise UserError(f"{run.source} does not exist; give a records JSONL file, a folder of them or a .tar.gz")
+        check_source(run.source)
     for run in runs:
         first_pass(run, rule, through, progress)
     cases = chosen_cases(runs, rule)
     wanted = {prompt for run in runs for setting in run.settings for result in run.settings[setting].combinations
-              for prompt in listed_flips(run, setting, result.combination, rule)}
+              for prompt in listed_flips(run.flips(setting, result.combination), result.combination, rule)}
     prompts: dict[str, str] = {}
     for run in runs:
         prompts.update(second_pass(run, cases, through, wanted - set(prompts), progress))
     return runs, cases, prompts
 
 
-def listed_flips(run: RunRecords, setting: Setting, combination: str, rule: SampleRule) -> list[str]:
-    """The flipping prompts the order view names for one combination: the `flips_listed` smallest by hash."""
-    return heapq.nsmallest(rule.flips_listed, run.flips(setting, combination),
-                           key=lambda prompt: seeded_hash(rule.seed, combination, prompt))
+def listed_flips(flips: Sequence[str], combination: str, rule: SampleRule) -> list[str]:
+    """Of a combination's flipping prompts (`RunRecords.flips`), those the order view names: the `flips_listed`
+    smallest by hash."""
+    return heapq.nsmallest(rule.flips_listed, flips, key=lambda prompt: seeded_hash(rule.seed, combination, prompt))
