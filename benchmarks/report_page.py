@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,16 +36,24 @@ def steer_eval(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "steer_eval.cli", *args], check=True, stdout=subprocess.DEVNULL)
 
 
-def open_in_chromium(page: Path) -> dict:
-    """Seconds until the page's script has drawn every view, in headless chromium, and its console errors."""
+def chromium(network_log: bool = False):
+    """Debian's chromium, headless, through its chromedriver (Selenium), keeping the console log (and, with
+    `network_log`, the performance log that lists every request); tests/test_report_browser.py drives it too."""
     from selenium import webdriver
 
     options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000"):
+    options.binary_location = shutil.which("chromium")
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1400,1000", "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--disable-default-apps"):
         options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService("/usr/bin/chromedriver"))
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", **({"performance": "ALL"} if network_log else {})})
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(shutil.which("chromedriver")))
+
+
+def open_in_chromium(page: Path) -> dict:
+    """Seconds until the page's script has drawn every view, in headless chromium, and its console errors."""
+    driver = chromium()
     try:
         started = time.monotonic()
         driver.get(page.resolve().as_uri())  # returns once the load event has fired: the script has run

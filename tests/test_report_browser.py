@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
+from benchmarks.report_page import chromium
 from steer_eval.report.page.build import write_report
 from steer_eval.report.page.samples import SampleRule, order_names
 from steer_eval.runs.records import append_records, load_records
@@ -25,17 +26,7 @@ pytestmark = pytest.mark.xdist_group("browser")
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                     "--window-size=1400,1000", "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--disable-default-apps"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(DRIVER))
+    driver = chromium(network_log=True)
     yield driver
     driver.quit()
 
