@@ -91,8 +91,6 @@ def initial_vectors(stage, examples, tokenizer, embeddings: InputEmbeddings, sto
     if stage == "behaviour":
         names = sorted({e.behaviors[0] for e in examples})
         return {b: torch.nn.Parameter(semantic_init(b, tokenizer, embeddings)) for b in names}, {}
-    if and_init not in AND_INITS:
-        raise ValueError(f"and_init must be one of {AND_INITS}, not {and_init!r}")
     seen = sorted({b for e in examples for b in e.behaviors})
     frozen = {b: store.load(b, identity).vector.to(embeddings.device) for b in seen}
     start = (random_and_init(frozen.values(), embeddings.hidden_size, seed) if and_init == "random"

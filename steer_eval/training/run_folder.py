@@ -52,14 +52,14 @@ VOLATILE = ("resume", "restart", "stop_after", "device", "cuda_graphs", "out_dir
 # Settings added after runs were made, with the value those runs had: left out of a run's identity at that value, so
 # runs begun before the setting existed still resume and a default run's identity is what it was.
 ADDED_LATER = {"and_init": "zero"}
+BY_CONTENT = ("model", "data", "val_data_path")  # compared by the files' contents, not their paths
+MANIFEST_VERSION = 1
 
 
 def identity_settings(config: dict) -> dict:
     """The settings that identify a run: all but VOLATILE, and but ADDED_LATER ones at their old value."""
     return {k: v for k, v in config.items()
             if k not in VOLATILE and not (k in ADDED_LATER and v == ADDED_LATER[k])}
-BY_CONTENT = ("model", "data", "val_data_path")  # compared by the files' contents, not their paths
-MANIFEST_VERSION = 1
 
 
 class TrainingRunError(RunMismatchError):
